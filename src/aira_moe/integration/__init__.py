@@ -1,0 +1,1 @@
+"""Everything that touches LLaMA-Factory: arguments, patches, adapter creation and loading."""
