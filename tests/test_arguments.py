@@ -1,0 +1,97 @@
+"""`aira_moe` options through LLaMA-Factory's own parser: accepted values, and clear errors for bad ones.
+
+Parsing happens before any model is loaded; the model path below does not even exist.
+"""
+
+from __future__ import annotations
+
+import pytest
+from llamafactory.hparams import get_infer_args, get_train_args
+
+
+def train_args(tmp_path, **overrides):
+    args = {
+        "model_name_or_path": str(tmp_path / "no-model-needed"),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "aira_moe",
+        "dataset": "medmcqa_train",
+        "template": "chatml",
+        "output_dir": str(tmp_path / "out"),
+        "report_to": "none",
+    }
+    args.update(overrides)
+    return args
+
+
+def test_yaml_values_reach_the_arguments(tmp_path):
+    *_, finetuning_args, _ = get_train_args(
+        train_args(tmp_path, num_A=4, num_B=4, collaboration="learned", lora_rank=16, lora_target="q_proj,v_proj")
+    )
+    assert finetuning_args.finetuning_type == "aira_moe"
+    assert (finetuning_args.num_A, finetuning_args.num_B, finetuning_args.collaboration) == (4, 4, "learned")
+    assert finetuning_args.lora_target == ["q_proj", "v_proj"]
+    assert finetuning_args.lora_alpha == 32  # LLaMA-Factory's default: 2 x rank
+
+
+def test_cli_flags_are_parsed_and_converted(tmp_path):
+    flags = []
+    for key, value in train_args(tmp_path, num_A="3", num_B="4", lod_threshold_M="2.5").items():
+        flags += [f"--{key}", str(value)]
+    _, _, training_args, finetuning_args, _ = get_train_args(flags)
+    assert (finetuning_args.num_A, finetuning_args.num_B, finetuning_args.lod_threshold_M) == (3, 4, 2.5)
+    assert training_args.label_names == ["labels"]
+
+
+def test_inference_parser_knows_aira_moe_adapters(tmp_path):
+    model_args, _, finetuning_args, _ = get_infer_args(
+        {"model_name_or_path": "m", "adapter_name_or_path": "a", "finetuning_type": "aira_moe", "template": "chatml"}
+    )
+    assert finetuning_args.finetuning_type == "aira_moe" and model_args.adapter_name_or_path == ["a"]
+
+
+def test_other_finetuning_types_are_untouched(tmp_path):
+    *_, finetuning_args, _ = get_train_args(train_args(tmp_path, finetuning_type="lora", use_dora=True))
+    assert finetuning_args.finetuning_type == "lora" and finetuning_args.use_dora
+
+
+BAD_INPUT = [
+    ({"num_A": 0}, ValueError, r"`num_A` must be an integer >= 1, got 0"),
+    ({"num_B": -2}, ValueError, r"`num_B` must be an integer >= 1, got -2"),
+    ({"num_A": "two"}, ValueError, r"`num_A` must be an integer >= 1, got 'two' \(str\)"),
+    ({"num_B": 2.5}, ValueError, r"`num_B` must be an integer >= 1, got 2.5 \(float\)"),
+    ({"lora_rank": 0}, ValueError, r"`lora_rank` must be an integer >= 1, got 0"),
+    ({"collaboration": "sparse"}, ValueError, r"`collaboration` must be one of fully, heuristic, learned; got 'sparse'"),
+    ({"collaboration": "heuristic", "num_A": 4, "num_B": 3}, ValueError, r"num_A <= num_B.*num_A=4, num_B=3"),
+    ({"theta_type": "owl"}, ValueError, r"`theta_type` must be one of lod, uniform; got 'owl'"),
+    ({"objective_function": "linear"}, ValueError, r"`objective_function` must be one of log; got 'linear'"),
+    ({"activation_aware_mode": "both"}, ValueError, r"`activation_aware_mode` must be one of inps, outps; got 'both'"),
+    ({"min_rank": 0}, ValueError, r"`min_rank` must be an integer >= 1, got 0"),
+    ({"min_rank": 8, "max_rank": 4}, ValueError, r"`min_rank` \(8\) must not exceed `max_rank` \(4\)"),
+    ({"lod_threshold_M": 0}, ValueError, r"`lod_threshold_M` must be a number > 0, got 0"),
+    ({"awsvd_collect_steps": 0}, ValueError, r"`awsvd_collect_steps` must be an integer >= 1, got 0"),
+    ({"use_awsvd_init": "yes"}, ValueError, r"`use_awsvd_init` must be true or false, got 'yes'"),
+    ({"lora_dropout": 1.5}, ValueError, r"`lora_dropout` must be in \[0, 1\), got 1.5"),
+    ({"rank_budget": 0}, ValueError, r"`rank_budget` must be an integer >= 1, got 0"),
+    ({"use_layer_wise_rank": True}, ValueError, r"needs `rank_budget`"),
+    ({"use_layer_wise_rank": True, "rank_budget": 64}, NotImplementedError, r"use_layer_wise_rank.*not implemented yet"),
+    ({"use_awsvd_init": True}, NotImplementedError, r"use_awsvd_init.*AwSVD.*not implemented yet"),
+    ({"use_activation_aware": True}, NotImplementedError, r"use_activation_aware.*not implemented yet"),
+    ({"use_dora": True}, ValueError, r"`use_dora: True` is a LoRA-only option"),
+    ({"pissa_init": True}, ValueError, r"`pissa_init: True` is a LoRA-only option"),
+    ({"loraplus_lr_ratio": 16.0}, ValueError, r"`loraplus_lr_ratio: 16.0` is a LoRA-only option"),
+    ({"stage": "ppo", "reward_model": "r"}, ValueError, r"`stage` must be one of pt, sft; got 'ppo'"),
+    ({"quantization_bit": 4}, ValueError, r"`quantization_bit: 4` is not supported with finetuning_type aira_moe"),
+    ({"use_unsloth": True}, ValueError, r"`use_unsloth: True` is not supported with finetuning_type aira_moe"),
+]
+
+
+@pytest.mark.parametrize("overrides,error,message", BAD_INPUT, ids=[str(case[0]) for case in BAD_INPUT])
+def test_bad_input_is_refused_with_a_clear_message(tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message):
+        get_train_args(train_args(tmp_path, **overrides))
+
+
+def test_unknown_option_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="num_C"):
+        get_train_args(train_args(tmp_path, num_C=2))

@@ -1,0 +1,152 @@
+"""`finetuning_type: aira_moe` through the stock `llamafactory-cli`: train, resume, export, chat, torchrun.
+
+The CLI processes import nothing of ours themselves: the start-up hook must do it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import run_cli, run_python
+
+pytestmark = pytest.mark.slow
+
+MAX_STEPS = 6
+
+
+def write_train_yaml(path: Path, model_dir: Path, data_dir: Path, output_dir: Path, **overrides) -> Path:
+    config = {
+        "model_name_or_path": str(model_dir),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "aira_moe",
+        "lora_target": "all",
+        "lora_rank": 4,
+        "num_A": 2,
+        "num_B": 3,
+        "collaboration": "learned",
+        "dataset": "medmcqa_train",
+        "dataset_dir": str(data_dir),
+        "template": "chatml",
+        "cutoff_len": 256,
+        "max_samples": 32,
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": 4,
+        "max_steps": MAX_STEPS,
+        "save_steps": 3,
+        "logging_steps": 1,
+        "learning_rate": 1e-3,
+        "report_to": "none",
+        "seed": 7,
+    }
+    config.update(overrides)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, medmcqa_dir):
+    """One training run from a YAML file, shared by the tests below."""
+    work = tmp_path_factory.mktemp("cli")
+    config = write_train_yaml(work / "train.yaml", tiny_model_dir, medmcqa_dir, work / "out")
+    log = run_cli(["llamafactory-cli", "train", str(config)], cwd=work)
+    return work, log
+
+
+def trainer_losses(output_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (output_dir / "trainer_log.jsonl").read_text().splitlines()]
+    return {row["current_steps"]: row["loss"] for row in rows if "loss" in row}
+
+
+def test_train_from_yaml(trained):
+    work, log = trained
+    out = work / "out"
+    assert "Fine-tuning method: AIRA-MoE (2 A x 3 B, learned)" in log
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "AIRA_MOE"
+    assert {"checkpoint-3", "checkpoint-6"} <= {p.name for p in out.iterdir()}
+    assert len(trainer_losses(out)) == MAX_STEPS
+
+
+def test_resume_continues_from_last_checkpoint(trained, tiny_model_dir, medmcqa_dir):
+    work, _ = trained
+    resumed = work / "resumed"
+    shutil.copytree(work / "out" / "checkpoint-3", resumed / "checkpoint-3")
+    config = write_train_yaml(work / "resume.yaml", tiny_model_dir, medmcqa_dir, resumed)
+    log = run_cli(["llamafactory-cli", "train", str(config)], cwd=work)
+    assert "Resuming training from" in log and "checkpoint-3" in log
+    assert sorted(trainer_losses(resumed)) == [4, 5, 6]
+    full_run = trainer_losses(work / "out")
+    for step, loss in trainer_losses(resumed).items():
+        assert loss == pytest.approx(full_run[step], rel=1e-3)
+
+
+def test_export_merges_into_a_plain_transformers_model(trained, tiny_model_dir):
+    work, _ = trained
+    config = {
+        "model_name_or_path": str(tiny_model_dir),
+        "adapter_name_or_path": str(work / "out"),
+        "finetuning_type": "aira_moe",
+        "template": "chatml",
+        "export_dir": str(work / "merged"),
+    }
+    (work / "export.yaml").write_text(yaml.safe_dump(config))
+    run_cli(["llamafactory-cli", "export", str(work / "export.yaml")], cwd=work)
+    tokens = torch.randint(0, 1000, (2, 11), generator=torch.Generator().manual_seed(0))
+    torch.save(tokens, work / "tokens.pt")
+    code = f"""
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+tokens = torch.load({str(work / 'tokens.pt')!r})
+base = AutoModelForCausalLM.from_pretrained({str(tiny_model_dir)!r}, dtype=torch.float32).eval()
+torch.save(base(tokens).logits, {str(work / 'base_logits.pt')!r})
+adapter = PeftModel.from_pretrained(base, {str(work / 'out')!r}).eval()
+torch.save(adapter(tokens).logits, {str(work / 'adapter_logits.pt')!r})
+"""
+    run_python(code)
+    code = f"""
+import torch
+from transformers import AutoModelForCausalLM
+merged = AutoModelForCausalLM.from_pretrained({str(work / 'merged')!r}, dtype=torch.float32).eval()
+assert not any('aira' in name for name, _ in merged.named_parameters())
+torch.save(merged(torch.load({str(work / 'tokens.pt')!r})).logits, {str(work / 'merged_logits.pt')!r})
+"""
+    run_python(code, env={"AIRA_MOE_DISABLE_HOOK": "1"})
+    adapter_logits = torch.load(work / "adapter_logits.pt")
+    merged_logits = torch.load(work / "merged_logits.pt")
+    assert (adapter_logits - torch.load(work / "base_logits.pt")).abs().max() > 1e-3  # training changed the model
+    torch.testing.assert_close(merged_logits, adapter_logits, rtol=1e-3, atol=2e-3)
+
+
+def test_chat_model_loads_the_adapter(trained, tiny_model_dir):
+    work, _ = trained
+    code = f"""
+from llamafactory.chat import ChatModel
+chat = ChatModel(dict(model_name_or_path={str(tiny_model_dir)!r}, adapter_name_or_path={str(work / 'out')!r},
+                      finetuning_type="aira_moe", template="chatml", infer_backend="huggingface",
+                      do_sample=False, max_new_tokens=6))
+responses = chat.chat([{{"role": "user", "content": "Which vitamin comes only from animal sources?"}}])
+print("RESPONSE", repr(responses[0].response_text), responses[0].response_length)
+"""
+    output = run_python(code)
+    assert "Merged 1 aira_moe adapter(s)" in output
+    response = re.search(r"^RESPONSE (.*) (\d+)$", output, re.MULTILINE)
+    assert response and int(response.group(2)) >= 1
+
+
+def test_two_process_torchrun_through_llamafactory_launcher(tiny_model_dir, medmcqa_dir, tmp_path):
+    config = write_train_yaml(tmp_path / "ddp.yaml", tiny_model_dir, medmcqa_dir, tmp_path / "out", max_steps=3)
+    log = run_cli(
+        ["llamafactory-cli", "train", str(config)],
+        cwd=tmp_path,
+        env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "MASTER_PORT": "29517"},
+    )
+    assert "world size: 2" in log
+    assert log.count("Fine-tuning method: AIRA-MoE") == 1  # logged by rank 0 only, but built on both
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["peft_type"] == "AIRA_MOE"
