@@ -68,33 +68,51 @@ def _verify_model_args(original: Callable) -> Callable:
     return verify
 
 
-def _parse_train_args(original: Callable) -> Callable:
-    """Apply the training defaults LLaMA-Factory sets for LoRA, which hold for any peft adapter."""
-
-    def parse(args=None):
-        model_args, data_args, training_args, finetuning_args, generating_args = original(args)
-        if finetuning_args.finetuning_type == FINETUNING_TYPE:
-            # PeftModel hides the labels argument from the Trainer's signature inspection.
-            training_args.label_names = training_args.label_names or ["labels"]
-            if training_args.ddp_find_unused_parameters is None:
-                training_args.ddp_find_unused_parameters = False
-        return model_args, data_args, training_args, finetuning_args, generating_args
-
-    return parse
+def _set_lora_training_defaults(training_args, finetuning_args) -> None:
+    """The training defaults LLaMA-Factory sets for LoRA hold for any peft adapter."""
+    if finetuning_args.finetuning_type != FINETUNING_TYPE:
+        return
+    # PeftModel hides the labels argument from the Trainer's signature inspection.
+    training_args.label_names = training_args.label_names or ["labels"]
+    if training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = False
 
 
-def patch_parser(parser: ModuleType) -> None:
-    """Swap in the extended finetuning arguments and let aira_moe through the LoRA-only checks."""
+def _use_extended_arguments(parser: ModuleType) -> None:
+    """Put `AiraMoeFinetuningArguments` in place of the stock class in the parser's class lists.
+
+    Done at parse time, not when the parser module is imported: our arguments module imports
+    LLaMA-Factory's, which may be what is importing the parser at that moment.
+    """
     from .arguments import AiraMoeFinetuningArguments
 
     stock = _require(parser, "FinetuningArguments")
     for list_name in ("_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS", "_TRAIN_MCA_ARGS"):
         arg_classes = _require(parser, list_name)
-        for index, cls in enumerate(arg_classes):
-            if cls is stock:
-                arg_classes[index] = AiraMoeFinetuningArguments
+        arg_classes[:] = [AiraMoeFinetuningArguments if cls is stock else cls for cls in arg_classes]
+
+
+def _parse_args_with(parser: ModuleType) -> Callable[[Callable], Callable]:
+    def wrap(original: Callable) -> Callable:
+        def parse(args=None):
+            _use_extended_arguments(parser)
+            parsed = original(args)
+            if len(parsed) == 5:  # training: model, data, training, finetuning, generating
+                _set_lora_training_defaults(parsed[2], parsed[3])
+            return parsed
+
+        return parse
+
+    return wrap
+
+
+def patch_parser(parser: ModuleType) -> None:
+    """Let `aira_moe` through the parser (extended arguments) and its LoRA-only checks."""
+    for name in ("FinetuningArguments", "_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS", "_TRAIN_MCA_ARGS"):
+        _require(parser, name)
+    for name in ("_parse_train_args", "_parse_infer_args", "_parse_eval_args"):
+        _wrap(parser, name, _parse_args_with(parser))
     _wrap(parser, "_verify_model_args", _verify_model_args)
-    _wrap(parser, "_parse_train_args", _parse_train_args)
 
 
 def _init_adapter(original: Callable) -> Callable:
