@@ -1,0 +1,34 @@
+"""The main job, shortened: `aira-moe demo` on the real SmolLM2 model and the real MedMCQA data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import run_cli
+
+from aira_moe.demo_data import medmcqa_records, write_medmcqa
+
+
+def test_medmcqa_split_is_disjoint_and_registered(tmp_path):
+    paths = write_medmcqa(tmp_path)
+    train = json.loads(paths["medmcqa_train"].read_text())
+    test = json.loads(paths["medmcqa_test"].read_text())
+    assert (len(train), len(test)) == (240, 60)
+    assert not {r["instruction"] for r in train} & {r["instruction"] for r in test}
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    assert info["medmcqa_test"]["file_name"] == "medmcqa_test.json"
+    assert all(r["output"][:2] in ("a)", "b)", "c)", "d)") for r in medmcqa_records())
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, smollm2_dir):
+    output = run_cli(["aira-moe", "demo", "--output-dir", str(tmp_path), "--epochs", "0.07"], cwd=tmp_path)
+    results = json.loads((tmp_path / "demo_results.json").read_text())
+    for stage in ("before", "after"):
+        assert math.isfinite(results[stage]["answer_nll"]) and results[stage]["answer_nll"] > 0
+        assert 0 <= results[stage]["accuracy"] <= 1
+    assert results["before"] != results["after"]  # the exported model is the trained one
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    assert "held-out score" in output and "scoring exported model" in output
