@@ -6,6 +6,7 @@ Parsing happens before any model is loaded; the model path below does not even e
 from __future__ import annotations
 
 import pytest
+from conftest import tiny_llama_config
 from llamafactory.hparams import get_infer_args, get_train_args
 
 
@@ -74,9 +75,7 @@ BAD_INPUT = [
     ({"lora_dropout": 1.5}, ValueError, r"`lora_dropout` must be in \[0, 1\), got 1.5"),
     ({"rank_budget": 0}, ValueError, r"`rank_budget` must be an integer >= 1, got 0"),
     ({"use_layer_wise_rank": True}, ValueError, r"needs `rank_budget`"),
-    ({"use_layer_wise_rank": True, "rank_budget": 64}, NotImplementedError, r"use_layer_wise_rank.*not implemented yet"),
     ({"use_awsvd_init": True}, NotImplementedError, r"use_awsvd_init.*AwSVD.*not implemented yet"),
-    ({"use_activation_aware": True}, NotImplementedError, r"use_activation_aware.*not implemented yet"),
     ({"use_dora": True}, ValueError, r"`use_dora: True` is a LoRA-only option"),
     ({"pissa_init": True}, ValueError, r"`pissa_init: True` is a LoRA-only option"),
     ({"loraplus_lr_ratio": 16.0}, ValueError, r"`loraplus_lr_ratio: 16.0` is a LoRA-only option"),
@@ -90,6 +89,28 @@ BAD_INPUT = [
 def test_bad_input_is_refused_with_a_clear_message(tmp_path, overrides, error, message):
     with pytest.raises(error, match=message):
         get_train_args(train_args(tmp_path, **overrides))
+
+
+@pytest.mark.parametrize(
+    "budget,min_rank,max_rank,message",
+    [(40, 12, 64, r"`rank_budget` 40 is infeasible: 4 layers x min_rank 12 = 48 > 40"),
+     (300, 2, 64, r"`rank_budget` 300 is infeasible: 4 layers x max_rank 64 = 256 < 300")],
+)
+def test_infeasible_budget_is_refused_from_the_config_alone(tmp_path, budget, min_rank, max_rank, message):
+    """Only config.json exists: the check needs the layer count, never the weights."""
+    tiny_llama_config(num_hidden_layers=4).save_pretrained(tmp_path / "config-only")
+    args = train_args(tmp_path, model_name_or_path=str(tmp_path / "config-only"), use_layer_wise_rank=True,
+                      rank_budget=budget, min_rank=min_rank, max_rank=max_rank)
+    with pytest.raises(ValueError, match=message):
+        get_train_args(args)
+
+
+def test_feasible_budget_passes(tmp_path):
+    tiny_llama_config(num_hidden_layers=4).save_pretrained(tmp_path / "config-only")
+    args = train_args(tmp_path, model_name_or_path=str(tmp_path / "config-only"), use_layer_wise_rank=True,
+                      rank_budget=64, use_activation_aware=True, activation_aware_mode="outps")
+    *_, finetuning_args, _ = get_train_args(args)
+    assert finetuning_args.rank_budget == 64 and finetuning_args.activation_aware_mode == "outps"
 
 
 def test_unknown_option_is_refused(tmp_path):

@@ -150,3 +150,70 @@ def test_two_process_torchrun_through_llamafactory_launcher(tiny_model_dir, medm
     assert "world size: 2" in log
     assert log.count("Fine-tuning method: AIRA-MoE") == 1  # logged by rank 0 only, but built on both
     assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["peft_type"] == "AIRA_MOE"
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, tiny_model_dir, medmcqa_dir):
+    """A 'standard' + layer-wise-rank run: calibration, allocation and activation weights through the CLI."""
+    work = tmp_path_factory.mktemp("calibrated")
+    config = write_train_yaml(
+        work / "train.yaml", tiny_model_dir, medmcqa_dir, work / "out", max_steps=4, save_steps=2,
+        use_activation_aware=True, activation_aware_mode="outps",
+        use_layer_wise_rank=True, rank_budget=10, min_rank=2, max_rank=8, awsvd_collect_steps=3,
+    )
+    log = run_cli(["llamafactory-cli", "train", str(config)], cwd=work)
+    return work, config, log
+
+
+def test_layer_wise_and_activation_aware_run(calibrated):
+    work, _, log = calibrated
+    out = work / "out"
+    assert "Calibration: 3 batches" in log and "aira_moe calibration" in log
+    allocation = json.loads((out / "rank_allocation.json").read_text())
+    assert sum(allocation["ranks"]) == 10 and all(2 <= r <= 8 for r in allocation["ranks"])
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert len(adapter_config["rank_pattern"]) == 14 and adapter_config["use_activation_aware"]
+    assert sorted(set(adapter_config["rank_pattern"].values())) == sorted(set(allocation["ranks"]))
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "adapter_model.safetensors")
+    assert sum(key.endswith("aira_w_out") for key in weights) == 14
+    assert (out / "rank_allocation.png").is_file() and (out / "aira_moe_calibration.pt").is_file()
+
+
+def test_resume_reuses_the_cached_calibration(calibrated):
+    work, config, _ = calibrated
+    shutil.rmtree(work / "out" / "checkpoint-4")
+    log = run_cli(["llamafactory-cli", "train", str(config)], cwd=work)
+    assert "Resuming training from" in log and "Reusing calibration statistics" in log
+    assert "aira_moe calibration" not in log
+
+
+def test_layer_wise_adapter_reloads_and_exports_without_calibration(calibrated, tiny_model_dir):
+    work, _, _ = calibrated
+    config = {
+        "model_name_or_path": str(tiny_model_dir),
+        "adapter_name_or_path": str(work / "out"),
+        "finetuning_type": "aira_moe",
+        "template": "chatml",
+        "export_dir": str(work / "merged"),
+    }
+    (work / "export.yaml").write_text(yaml.safe_dump(config))
+    log = run_cli(["llamafactory-cli", "export", str(work / "export.yaml")], cwd=work)
+    assert "calibration" not in log.lower()
+    code = f"""
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+tokens = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(3))
+base = AutoModelForCausalLM.from_pretrained({str(tiny_model_dir)!r}, dtype=torch.float32).eval()
+adapter = PeftModel.from_pretrained(base, {str(work / 'out')!r}).eval()
+merged = AutoModelForCausalLM.from_pretrained({str(work / 'merged')!r}, dtype=torch.float32).eval()
+ranks = sorted({{m.r["default"] for m in adapter.modules() if hasattr(m, "aira_A")}})
+diff = (adapter(tokens).logits - merged(tokens).logits).abs().max().item()
+print("RANKS", ranks, "DIFF", diff)
+"""
+    output = run_python(code)
+    allocation = json.loads((work / "out" / "rank_allocation.json").read_text())
+    assert f"RANKS {sorted(set(allocation['ranks']))}" in output
+    assert float(re.search(r"DIFF (\S+)", output).group(1)) < 2e-3

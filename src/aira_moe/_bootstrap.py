@@ -23,6 +23,8 @@ HOOKS: dict[str, str] = {
     "llamafactory.extras.constants": "aira_moe.integration.patches:patch_constants",
     "llamafactory.hparams.parser": "aira_moe.integration.patches:patch_parser",
     "llamafactory.model.loader": "aira_moe.integration.patches:patch_loader",
+    "llamafactory.train.pt.workflow": "aira_moe.integration.patches:patch_workflow",
+    "llamafactory.train.sft.workflow": "aira_moe.integration.patches:patch_workflow",
 }
 DISABLE_ENV = "AIRA_MOE_DISABLE_HOOK"
 

@@ -7,6 +7,7 @@ when training starts fresh. Loading goes through peft's own `PeftModel.from_pret
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,7 +16,10 @@ from llamafactory.model.model_utils.misc import find_all_linear_modules
 from peft import PeftModel, TaskType, get_peft_model
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from ..activation_aware import apply_activation_weights
 from ..tuner import AiraMoeConfig
+from . import run_context
+from .techniques import calibrate, layer_wise_rank_pattern, needs_calibration
 
 if TYPE_CHECKING:
     from llamafactory.hparams import FinetuningArguments, ModelArguments
@@ -38,6 +42,8 @@ def build_config(model: "PreTrainedModel", finetuning_args: "FinetuningArguments
         num_A=finetuning_args.num_A,
         num_B=finetuning_args.num_B,
         collaboration=finetuning_args.collaboration,
+        use_activation_aware=finetuning_args.use_activation_aware,
+        activation_aware_mode=finetuning_args.activation_aware_mode,
         target_modules=targets,
         modules_to_save=finetuning_args.additional_target,
     )
@@ -65,6 +71,23 @@ def _load_adapters(
     return model, resume
 
 
+def _create_adapter(model: "PreTrainedModel", finetuning_args: "FinetuningArguments") -> "PreTrainedModel":
+    """Calibrate the frozen base if a technique needs it, allocate ranks, inject, set activation weights."""
+    config = build_config(model, finetuning_args)
+    if not needs_calibration(finetuning_args):
+        return get_peft_model(model, config)
+    stats = calibrate(model, config, finetuning_args)
+    if finetuning_args.use_layer_wise_rank:
+        output_dir = Path(run_context.current().training_args.output_dir)
+        config.rank_pattern = layer_wise_rank_pattern(model, config, stats, finetuning_args, output_dir)
+    model = get_peft_model(model, config)
+    if finetuning_args.use_activation_aware:
+        apply_activation_weights(
+            model, stats, finetuning_args.activation_aware_mode, finetuning_args.activation_normalize
+        )
+    return model
+
+
 def init_aira_moe_adapter(
     model: "PreTrainedModel",
     model_args: "ModelArguments",
@@ -84,7 +107,7 @@ def init_aira_moe_adapter(
             f"Fine-tuning method: AIRA-MoE ({finetuning_args.num_A} A x {finetuning_args.num_B} B, "
             f"{finetuning_args.collaboration})"
         )
-        model = get_peft_model(model, build_config(model, finetuning_args))
+        model = _create_adapter(model, finetuning_args)
     if not (finetuning_args.pure_bf16 or is_deepspeed_zero3_enabled()):
         for param in model.parameters():
             if param.requires_grad:

@@ -26,9 +26,7 @@ OBJECTIVE_FUNCTIONS = ("log",)
 SUPPORTED_STAGES = ("pt", "sft")
 # technique flag -> what the user should do until it lands
 NOT_YET_IMPLEMENTED = {
-    "use_layer_wise_rank": "layer-wise rank allocation (LOD)",
     "use_awsvd_init": "AwSVD initialisation",
-    "use_activation_aware": "activation-aware weighting",
 }
 # LoRA-only options of LLaMA-Factory that have no meaning for aira_moe: field -> value meaning "off"
 REFUSED_LORA_OPTIONS = {

@@ -64,8 +64,23 @@ def _verify_model_args(original: Callable) -> Callable:
                     f"(quantised bases, Unsloth and KTransformers are LoRA-only for now); remove it."
                 )
         # With quantisation refused, what remains of the stock check is the LoRA-only adapter rule.
+        if finetuning_args.use_layer_wise_rank:
+            _check_rank_budget(model_args, finetuning_args)
 
     return verify
+
+
+def _check_rank_budget(model_args, finetuning_args) -> None:
+    """Infeasible budgets fail now, from the model's config alone, before any weight is loaded."""
+    from transformers import AutoConfig
+
+    from ..rank_allocation import check_budget
+
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    config = getattr(config, "text_config", None) or config
+    check_budget(
+        config.num_hidden_layers, finetuning_args.rank_budget, finetuning_args.min_rank, finetuning_args.max_rank
+    )
 
 
 def _set_lora_training_defaults(training_args, finetuning_args) -> None:
@@ -113,6 +128,24 @@ def patch_parser(parser: ModuleType) -> None:
     for name in ("_parse_train_args", "_parse_infer_args", "_parse_eval_args"):
         _wrap(parser, name, _parse_args_with(parser))
     _wrap(parser, "_verify_model_args", _verify_model_args)
+
+
+def _record_run_context(original: Callable) -> Callable:
+    """Remember the dataset the workflow builds before loading the model, for calibration."""
+
+    def get_dataset(template, model_args, data_args, training_args, stage, **tokenizer_module):
+        dataset_module = original(template, model_args, data_args, training_args, stage=stage, **tokenizer_module)
+        from .run_context import RunContext, record
+
+        record(RunContext(template, model_args, data_args, training_args, stage, tokenizer_module, dataset_module))
+        return dataset_module
+
+    return get_dataset
+
+
+def patch_workflow(workflow: ModuleType) -> None:
+    """The pt and sft workflows call `get_dataset` through the name bound in their module."""
+    _wrap(workflow, "get_dataset", _record_run_context)
 
 
 def _init_adapter(original: Callable) -> Callable:

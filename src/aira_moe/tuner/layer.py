@@ -44,7 +44,9 @@ class AiraMoeLayer(BaseTunerLayer):
     """State shared by every AIRA-MoE layer type: per-adapter expert banks, mix and scaling."""
 
     adapter_layer_names = ("aira_A", "aira_B", "aira_omega")
-    other_param_names = ("r", "scaling", "num_A", "num_B", "collaboration", "aira_dropout", "aira_mix")
+    other_param_names = (
+        "r", "scaling", "num_A", "num_B", "collaboration", "aira_dropout", "aira_mix", "aira_w_in", "aira_w_out"
+    )
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -52,6 +54,8 @@ class AiraMoeLayer(BaseTunerLayer):
         self.aira_B = nn.ParameterDict({})
         self.aira_omega = nn.ParameterDict({})  # learned collaboration only
         self.aira_mix = BufferDict({}, persistent=False)  # fixed collaboration: rebuilt from the config
+        self.aira_w_in = BufferDict({}, persistent=True)  # activation weights (SPEC 5), `inps` mode
+        self.aira_w_out = BufferDict({}, persistent=True)  # activation weights (SPEC 5), `outps` mode
         self.aira_dropout = nn.ModuleDict({})
         self.r: dict[str, int] = {}
         self.scaling: dict[str, float] = {}
@@ -82,6 +86,7 @@ class AiraMoeLayer(BaseTunerLayer):
         use_rslora: bool = False,
         init_weights: bool = True,
         inference_mode: bool = False,
+        activation_aware_mode: Optional[str] = None,
     ) -> None:
         self.r[adapter_name] = r
         self.num_A[adapter_name] = num_A
@@ -96,6 +101,10 @@ class AiraMoeLayer(BaseTunerLayer):
             self.aira_omega[adapter_name] = nn.Parameter(omega)
         else:
             self.aira_mix[adapter_name] = omega
+        if activation_aware_mode == "inps":
+            self.aira_w_in[adapter_name] = torch.ones(self.in_features)
+        elif activation_aware_mode == "outps":
+            self.aira_w_out[adapter_name] = torch.ones(self.out_features)
         self.reset_parameters(adapter_name, init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
@@ -125,10 +134,23 @@ class AiraMoeLayer(BaseTunerLayer):
         omega = self.omega(adapter_name).to(B.dtype)
         return torch.einsum("onr,nm->omr", B.view(self.out_features, num_B, r), omega).flatten(1)
 
+    def set_activation_weights(self, adapter_name: str, weights: torch.Tensor) -> None:
+        """Install static activation weights (from calibration) on the side the adapter's mode scales."""
+        bank = self.aira_w_in if adapter_name in self.aira_w_in else self.aira_w_out
+        if adapter_name not in bank:
+            raise ValueError(f"adapter {adapter_name!r} was created without activation-aware weighting")
+        if weights.shape != bank[adapter_name].shape:
+            raise ValueError(f"activation weights of shape {tuple(weights.shape)}, expected {tuple(bank[adapter_name].shape)}")
+        bank[adapter_name] = weights.to(bank[adapter_name])
+
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
-        """ΔW = s · [B_1 … B_N](Ω ⊗ I_r)[A_1; …; A_M], computed in fp32."""
+        """ΔW = s · diag(w_out) [B_1 … B_N](Ω ⊗ I_r)[A_1; …; A_M] diag(w_in), computed in fp32."""
         A = self.aira_A[adapter_name].float()
         mixed = self.mixed_B(adapter_name).float()
+        if adapter_name in self.aira_w_in:
+            A = A * self.aira_w_in[adapter_name].float()
+        if adapter_name in self.aira_w_out:
+            mixed = mixed * self.aira_w_out[adapter_name].float()[:, None]
         return self.scaling[adapter_name] * (mixed @ A)
 
 
@@ -164,13 +186,18 @@ class Linear(nn.Module, AiraMoeLayer):
                 base.weight.data = restored.to(base.weight.dtype)
 
     def adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """Δy = s · B (Ω ⊗ I_r) A dropout(x): A GEMM, an (N x M) mix per token, B GEMM."""
+        """Δy = s · w_out ⊙ B (Ω ⊗ I_r) A (w_in ⊙ dropout(x)): A GEMM, an (N x M) mix per token, B GEMM."""
         A = self.aira_A[adapter_name]
         r, num_A = self.r[adapter_name], self.num_A[adapter_name]
         x = self._cast_input_dtype(self.aira_dropout[adapter_name](x), A.dtype)
+        if adapter_name in self.aira_w_in:
+            x = x * self.aira_w_in[adapter_name].to(x.dtype)
         h = F.linear(x, A).unflatten(-1, (num_A, r))
         mixed = torch.matmul(self.omega(adapter_name).to(h.dtype), h)
-        return F.linear(mixed.flatten(-2), self.aira_B[adapter_name]) * self.scaling[adapter_name]
+        out = F.linear(mixed.flatten(-2), self.aira_B[adapter_name]) * self.scaling[adapter_name]
+        if adapter_name in self.aira_w_out:
+            out = out * self.aira_w_out[adapter_name].to(out.dtype)
+        return out
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:

@@ -43,6 +43,7 @@ class AiraMoeModel(BaseTuner):
             "use_rslora": config.use_rslora,
             "init_weights": config.init_weights,
             "inference_mode": config.inference_mode,
+            "activation_aware_mode": config.activation_aware_mode if config.use_activation_aware else None,
         }
         if isinstance(target, AiraMoeLayer):
             target.update_layer(adapter_name, **kwargs)

@@ -1,0 +1,36 @@
+"""torchrun worker for test_calibration: statistics and rank allocation on one of 2 gloo processes."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from conftest import tiny_llama  # noqa: E402
+from test_calibration import linear_modules, make_batches  # noqa: E402
+
+from aira_moe.calibration import collect_statistics  # noqa: E402
+from aira_moe.rank_allocation import allocate_ranks, lod_theta  # noqa: E402
+
+
+def main(out: Path) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model = tiny_llama()
+    modules = linear_modules(model)
+    stats = collect_statistics(model, modules, make_batches(count=5), steps=5)
+    torch.save(
+        {n: {"sum_sq_in": s.sum_sq_in, "sum_sq_out": s.sum_sq_out, "tokens": s.tokens} for n, s in stats.items()},
+        out / f"stats_rank{rank}.pt",
+    )
+    theta = lod_theta({n: m.weight for n, m in modules.items()}, {n: stats[n].input_norm for n in modules}, 1.5)
+    ranks = allocate_ranks([theta[b] for b in sorted(theta)], 7, 2, 5)
+    (out / f"ranks_rank{rank}.json").write_text(json.dumps(ranks))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
