@@ -1,5 +1,6 @@
-"""torchrun worker for test_calibration: statistics and rank allocation on one of 2 gloo processes."""
+"""torchrun worker for test_calibration: statistics, rank allocation and AwSVD on one of 2 gloo processes."""
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_llama  # noqa: E402
 from test_calibration import linear_modules, make_batches  # noqa: E402
 
+from aira_moe import AiraMoeConfig  # noqa: E402
+from aira_moe.awsvd import apply_awsvd_init  # noqa: E402
 from aira_moe.calibration import collect_statistics  # noqa: E402
 from aira_moe.rank_allocation import allocate_ranks, lod_theta  # noqa: E402
 
@@ -29,7 +32,22 @@ def main(out: Path) -> None:
     theta = lod_theta({n: m.weight for n, m in modules.items()}, {n: stats[n].input_norm for n in modules}, 1.5)
     ranks = allocate_ranks([theta[b] for b in sorted(theta)], 7, 2, 5)
     (out / f"ranks_rank{rank}.json").write_text(json.dumps(ranks))
+    (out / f"checksum_rank{rank}.txt").write_text(awsvd_checksum(model, stats))
     dist.destroy_process_group()
+
+
+def awsvd_checksum(model, stats) -> str:
+    """sha256 over every tensor (factors, residuals, W - P0) after AwSVD with the all-reduced statistics."""
+    from peft import get_peft_model
+
+    config = AiraMoeConfig(r=4, num_A=2, num_B=3, target_modules="all-linear", use_awsvd_init=True)
+    peft_model = get_peft_model(model, config)
+    apply_awsvd_init(peft_model, stats)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(peft_model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 if __name__ == "__main__":

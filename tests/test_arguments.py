@@ -75,7 +75,6 @@ BAD_INPUT = [
     ({"lora_dropout": 1.5}, ValueError, r"`lora_dropout` must be in \[0, 1\), got 1.5"),
     ({"rank_budget": 0}, ValueError, r"`rank_budget` must be an integer >= 1, got 0"),
     ({"use_layer_wise_rank": True}, ValueError, r"needs `rank_budget`"),
-    ({"use_awsvd_init": True}, NotImplementedError, r"use_awsvd_init.*AwSVD.*not implemented yet"),
     ({"use_dora": True}, ValueError, r"`use_dora: True` is a LoRA-only option"),
     ({"pissa_init": True}, ValueError, r"`pissa_init: True` is a LoRA-only option"),
     ({"loraplus_lr_ratio": 16.0}, ValueError, r"`loraplus_lr_ratio: 16.0` is a LoRA-only option"),

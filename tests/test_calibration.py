@@ -103,7 +103,10 @@ def test_cache_round_trip_and_key_mismatch(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_statistics_equal_single_process(tmp_path):
-    """Invariant 7: gloo all-reduce over 2 torchrun processes = one process over the same batches."""
+    """Invariant 7: gloo all-reduce over 2 torchrun processes = one process over the same batches.
+
+    Both processes also end with the same ranks and bit-identical AwSVD state (SPEC 4, distributed).
+    """
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     command = [torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(TORCHRUN_SCRIPT), str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -118,3 +121,5 @@ def test_two_process_statistics_equal_single_process(tmp_path):
             torch.testing.assert_close(distributed[name]["sum_sq_out"], stat.sum_sq_out, rtol=1e-6, atol=0)
     ranks = [json.loads((tmp_path / f"ranks_rank{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks[0] == ranks[1] and sum(ranks[0]) == 7
+    checksums = [(tmp_path / f"checksum_rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert checksums[0] == checksums[1]  # bit-identical AwSVD factors, residuals and W - P0

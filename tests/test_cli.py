@@ -154,21 +154,23 @@ def test_two_process_torchrun_through_llamafactory_launcher(tiny_model_dir, medm
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory, tiny_model_dir, medmcqa_dir):
-    """A 'standard' + layer-wise-rank run: calibration, allocation and activation weights through the CLI."""
+    """A full-mode run: calibration, layer-wise ranks, activation weights and AwSVD through the CLI."""
     work = tmp_path_factory.mktemp("calibrated")
     config = write_train_yaml(
         work / "train.yaml", tiny_model_dir, medmcqa_dir, work / "out", max_steps=4, save_steps=2,
         use_activation_aware=True, activation_aware_mode="outps",
         use_layer_wise_rank=True, rank_budget=10, min_rank=2, max_rank=8, awsvd_collect_steps=3,
+        use_awsvd_init=True,
     )
     log = run_cli(["llamafactory-cli", "train", str(config)], cwd=work)
     return work, config, log
 
 
-def test_layer_wise_and_activation_aware_run(calibrated):
+def test_full_mode_run(calibrated):
     work, _, log = calibrated
     out = work / "out"
     assert "Calibration: 3 batches" in log and "aira_moe calibration" in log
+    assert "AwSVD initialised 14 layers" in log
     allocation = json.loads((out / "rank_allocation.json").read_text())
     assert sum(allocation["ranks"]) == 10 and all(2 <= r <= 8 for r in allocation["ranks"])
     adapter_config = json.loads((out / "adapter_config.json").read_text())
@@ -178,15 +180,20 @@ def test_layer_wise_and_activation_aware_run(calibrated):
 
     weights = load_file(out / "adapter_model.safetensors")
     assert sum(key.endswith("aira_w_out") for key in weights) == 14
+    assert sum(key.endswith("aira_res_left") for key in weights) == 14
     assert (out / "rank_allocation.png").is_file() and (out / "aira_moe_calibration.pt").is_file()
 
 
 def test_resume_reuses_the_cached_calibration(calibrated):
+    """Resuming rebuilds the same W - P0 (checkpoint residual applied once): the losses continue unchanged."""
     work, config, _ = calibrated
+    original = trainer_losses(work / "out")
     shutil.rmtree(work / "out" / "checkpoint-4")
     log = run_cli(["llamafactory-cli", "train", str(config)], cwd=work)
     assert "Resuming training from" in log and "Reusing calibration statistics" in log
     assert "aira_moe calibration" not in log
+    resumed = [float(loss) for loss in re.findall(r"'loss': '([0-9.]+)'", log)]
+    assert resumed == pytest.approx([original[3], original[4]], rel=1e-3)
 
 
 def test_layer_wise_adapter_reloads_and_exports_without_calibration(calibrated, tiny_model_dir):

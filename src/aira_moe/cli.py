@@ -14,6 +14,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="Where everything is written.")
     demo.add_argument("--epochs", type=float, default=1.0, help="Training epochs over the 240 training questions.")
+    export = commands.add_parser(
+        "export-lora", help="Write a stock peft LoRA adapter that reproduces an aira_moe adapter on the original base."
+    )
+    export.add_argument("--model", required=True, help="The ORIGINAL base model (path or hub id) the adapter was trained on.")
+    export.add_argument("--adapter", required=True, help="The aira_moe adapter directory.")
+    export.add_argument("--output", required=True, help="Where to write the LoRA adapter.")
     return parser
 
 
@@ -25,6 +31,10 @@ def main(argv: list[str] | None = None) -> None:
         from .demo import run_demo
 
         run_demo(args.output_dir, args.epochs)
+    elif args.command == "export-lora":
+        from .export import export_lora
+
+        print(f"LoRA adapter written to {export_lora(args.model, args.adapter, args.output)}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ when training starts fresh. Loading goes through peft's own `PeftModel.from_pret
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from peft import PeftModel, TaskType, get_peft_model
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..activation_aware import apply_activation_weights
+from ..awsvd import apply_awsvd_init
 from ..tuner import AiraMoeConfig
 from . import run_context
 from .techniques import calibrate, layer_wise_rank_pattern, needs_calibration
@@ -43,6 +45,7 @@ def build_config(model: "PreTrainedModel", finetuning_args: "FinetuningArguments
         num_B=finetuning_args.num_B,
         collaboration=finetuning_args.collaboration,
         use_activation_aware=finetuning_args.use_activation_aware,
+        use_awsvd_init=finetuning_args.use_awsvd_init,
         activation_aware_mode=finetuning_args.activation_aware_mode,
         target_modules=targets,
         modules_to_save=finetuning_args.additional_target,
@@ -85,6 +88,10 @@ def _create_adapter(model: "PreTrainedModel", finetuning_args: "FinetuningArgume
         apply_activation_weights(
             model, stats, finetuning_args.activation_aware_mode, finetuning_args.activation_normalize
         )
+    if finetuning_args.use_awsvd_init:
+        started = time.time()
+        count = apply_awsvd_init(model, stats)
+        logger.info_rank0(f"AwSVD initialised {count} layers in {time.time() - started:.1f} s.")
     return model
 
 

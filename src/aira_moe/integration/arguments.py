@@ -24,10 +24,6 @@ FINETUNING_TYPE = "aira_moe"
 THETA_TYPES = ("lod", "uniform")
 OBJECTIVE_FUNCTIONS = ("log",)
 SUPPORTED_STAGES = ("pt", "sft")
-# technique flag -> what the user should do until it lands
-NOT_YET_IMPLEMENTED = {
-    "use_awsvd_init": "AwSVD initialisation",
-}
 # LoRA-only options of LLaMA-Factory that have no meaning for aira_moe: field -> value meaning "off"
 REFUSED_LORA_OPTIONS = {
     "use_dora": False,
@@ -125,11 +121,6 @@ def validate_aira_moe_arguments(args: "AiraMoeFinetuningArguments") -> None:
             raise ValueError(
                 f"`{name}: {getattr(args, name)!r}` is a LoRA-only option and does not apply to "
                 f"finetuning_type aira_moe; remove it."
-            )
-    for name, technique in NOT_YET_IMPLEMENTED.items():
-        if getattr(args, name):
-            raise NotImplementedError(
-                f"`{name}: true` ({technique}) is not implemented yet in aira_moe; set it to false."
             )
 
 

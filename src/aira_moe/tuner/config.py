@@ -76,6 +76,10 @@ class AiraMoeConfig(PeftConfig):
     activation_aware_mode: str = field(
         default="inps", metadata={"help": "Which side the activation weights scale: inps or outps."}
     )
+    use_awsvd_init: bool = field(
+        default=False,
+        metadata={"help": "Layers carry an AwSVD residual P0 (subtracted from W), saved with the adapter (SPEC 4)."},
+    )
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Extra modules trained in full and saved with the adapter."}
     )

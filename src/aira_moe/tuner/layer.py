@@ -45,7 +45,8 @@ class AiraMoeLayer(BaseTunerLayer):
 
     adapter_layer_names = ("aira_A", "aira_B", "aira_omega")
     other_param_names = (
-        "r", "scaling", "num_A", "num_B", "collaboration", "aira_dropout", "aira_mix", "aira_w_in", "aira_w_out"
+        "r", "scaling", "num_A", "num_B", "collaboration", "aira_dropout", "aira_mix", "aira_w_in", "aira_w_out",
+        "aira_res_left", "aira_res_right",
     )
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
@@ -56,6 +57,10 @@ class AiraMoeLayer(BaseTunerLayer):
         self.aira_mix = BufferDict({}, persistent=False)  # fixed collaboration: rebuilt from the config
         self.aira_w_in = BufferDict({}, persistent=True)  # activation weights (SPEC 5), `inps` mode
         self.aira_w_out = BufferDict({}, persistent=True)  # activation weights (SPEC 5), `outps` mode
+        # AwSVD residual P0 = left @ right, subtracted from the frozen weight (SPEC 4); saved so that
+        # loading onto the original base rebuilds W - P0 without calibration or SVD.
+        self.aira_res_left = BufferDict({}, persistent=True)
+        self.aira_res_right = BufferDict({}, persistent=True)
         self.aira_dropout = nn.ModuleDict({})
         self.r: dict[str, int] = {}
         self.scaling: dict[str, float] = {}
@@ -73,6 +78,7 @@ class AiraMoeLayer(BaseTunerLayer):
         self.in_features = base.in_features
         self.out_features = base.out_features
         self.kwargs = kwargs
+        self.register_load_state_dict_pre_hook(AiraMoeLayer._load_residual)
 
     def update_layer(
         self,
@@ -87,6 +93,7 @@ class AiraMoeLayer(BaseTunerLayer):
         init_weights: bool = True,
         inference_mode: bool = False,
         activation_aware_mode: Optional[str] = None,
+        awsvd_residual: bool = False,
     ) -> None:
         self.r[adapter_name] = r
         self.num_A[adapter_name] = num_A
@@ -105,6 +112,9 @@ class AiraMoeLayer(BaseTunerLayer):
             self.aira_w_in[adapter_name] = torch.ones(self.in_features)
         elif activation_aware_mode == "outps":
             self.aira_w_out[adapter_name] = torch.ones(self.out_features)
+        if awsvd_residual:  # zero until AwSVD initialises it or a saved adapter is loaded
+            self.aira_res_left[adapter_name] = torch.zeros(self.out_features, num_A * r)
+            self.aira_res_right[adapter_name] = torch.zeros(num_A * r, self.in_features)
         self.reset_parameters(adapter_name, init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
@@ -143,15 +153,90 @@ class AiraMoeLayer(BaseTunerLayer):
             raise ValueError(f"activation weights of shape {tuple(weights.shape)}, expected {tuple(bank[adapter_name].shape)}")
         bank[adapter_name] = weights.to(bank[adapter_name])
 
+    def delta_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(left, right) in fp32 with ΔW = left @ right: s · diag(w_out) · mixed B, and A · diag(w_in)."""
+        right = self.aira_A[adapter_name].float()
+        left = self.scaling[adapter_name] * self.mixed_B(adapter_name).float()
+        if adapter_name in self.aira_w_in:
+            right = right * self.aira_w_in[adapter_name].float()
+        if adapter_name in self.aira_w_out:
+            left = left * self.aira_w_out[adapter_name].float()[:, None]
+        return left, right
+
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """ΔW = s · diag(w_out) [B_1 … B_N](Ω ⊗ I_r)[A_1; …; A_M] diag(w_in), computed in fp32."""
-        A = self.aira_A[adapter_name].float()
-        mixed = self.mixed_B(adapter_name).float()
+        left, right = self.delta_factors(adapter_name)
+        return left @ right
+
+    @torch.no_grad()
+    def set_residual(self, adapter_name: str, left: torch.Tensor, right: torch.Tensor) -> None:
+        """Make the frozen weight W - left @ right, undoing the residual it held before."""
+        weight = self.get_base_layer().weight
+        updated = weight.data.float() + self.residual(adapter_name) - left.float() @ right.float()
+        weight.data = updated.to(weight.dtype)
+        # copies: the factors may be views of the trainable A (delta_factors), which must not move P0
+        self.aira_res_left[adapter_name] = left.detach().to(self.aira_res_left[adapter_name], copy=True)
+        self.aira_res_right[adapter_name] = right.detach().to(self.aira_res_right[adapter_name], copy=True)
+
+    def residual(self, adapter_name: str) -> torch.Tensor:
+        """P0 in fp32 (zero for an adapter without AwSVD)."""
+        if adapter_name not in self.aira_res_left:
+            return torch.zeros((), device=self.get_base_layer().weight.device)
+        return self.aira_res_left[adapter_name].float() @ self.aira_res_right[adapter_name].float()
+
+    @torch.no_grad()
+    def initialise_from_principal_part(self, adapter_name: str, B0: torch.Tensor, A0: torch.Tensor) -> None:
+        """Experts A_i = A0 / M, B_j = B0 · M / ΣΩ, so that ΔW = s · B0 A0 for every strategy; then W -= P0.
+
+        Activation weights are divided out of A0 and B0 first, so the weighted adapter still starts
+        at s · B0 A0. P0 is whatever the experts make it, read back from the layer itself.
+        """
+        num_A, num_B = self.num_A[adapter_name], self.num_B[adapter_name]
         if adapter_name in self.aira_w_in:
-            A = A * self.aira_w_in[adapter_name].float()
+            A0 = A0 / self.aira_w_in[adapter_name].float().clamp_min(1e-6)
         if adapter_name in self.aira_w_out:
-            mixed = mixed * self.aira_w_out[adapter_name].float()[:, None]
-        return self.scaling[adapter_name] * (mixed @ A)
+            B0 = B0 / self.aira_w_out[adapter_name].float().clamp_min(1e-6)[:, None]
+        omega_total = float(self.omega(adapter_name).sum())
+        A, B = self.aira_A[adapter_name], self.aira_B[adapter_name]
+        A.copy_((A0 / num_A).repeat(num_A, 1).to(A))
+        B.copy_((B0 * num_A / omega_total).repeat(1, num_B).to(B))
+        self.set_residual(adapter_name, *self.delta_factors(adapter_name))
+
+    @staticmethod
+    def _load_residual(module: "AiraMoeLayer", state_dict: dict, prefix: str, *args: Any) -> None:
+        """Loading a saved adapter applies its residual to the frozen weight (unless already applied)."""
+        for adapter_name in module.aira_res_left:
+            left = state_dict.get(f"{prefix}aira_res_left.{adapter_name}")
+            right = state_dict.get(f"{prefix}aira_res_right.{adapter_name}")
+            if left is None or right is None:
+                continue
+            current_left, current_right = module.aira_res_left[adapter_name], module.aira_res_right[adapter_name]
+            if torch.equal(left.to(current_left), current_left) and torch.equal(right.to(current_right), current_right):
+                continue
+            module.set_residual(adapter_name, left, right)
+
+    def residual_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """P0 x, which restores the base function where an adapter with a residual is not in use."""
+        left, right = self.aira_res_left[adapter_name], self.aira_res_right[adapter_name]
+        return F.linear(F.linear(self._cast_input_dtype(x, right.dtype), right), left)
+
+    def unload_and_optionally_merge_module(
+        self, merge: bool, safe_merge: bool, adapter_names: Optional[list[str]]
+    ) -> nn.Module:
+        """peft's unload: merged adapters keep W - P0 + ΔW; every other residual is given back to W."""
+        if merge:
+            self.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+        for adapter_name in list(self.aira_res_left):
+            if adapter_name not in self.merged_adapters:
+                self.set_residual(adapter_name, torch.zeros_like(self.aira_res_left[adapter_name]),
+                                  torch.zeros_like(self.aira_res_right[adapter_name]))
+        return self.get_base_layer()
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name in self.aira_res_left:
+            left = self.aira_res_left[adapter_name]
+            self.set_residual(adapter_name, torch.zeros_like(left), torch.zeros_like(self.aira_res_right[adapter_name]))
+        super().delete_adapter(adapter_name)
 
 
 class Linear(nn.Module, AiraMoeLayer):
@@ -200,12 +285,13 @@ class Linear(nn.Module, AiraMoeLayer):
         return out
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters and self.merged:
+            self.unmerge()
         result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
+        for adapter_name in self.aira_res_left:
+            if self.disable_adapters or adapter_name not in self.active_adapters:
+                result = result + self.residual_output(x, adapter_name).to(result.dtype)
+        if self.disable_adapters or self.merged:
             return result
         for adapter_name in self.active_adapters:
             if adapter_name in self.aira_A:

@@ -44,6 +44,7 @@ class AiraMoeModel(BaseTuner):
             "init_weights": config.init_weights,
             "inference_mode": config.inference_mode,
             "activation_aware_mode": config.activation_aware_mode if config.use_activation_aware else None,
+            "awsvd_residual": config.use_awsvd_init,
         }
         if isinstance(target, AiraMoeLayer):
             target.update_layer(adapter_name, **kwargs)
