@@ -20,9 +20,13 @@ from aira_moe.rank_allocation import allocate_ranks, lod_theta  # noqa: E402
 
 
 def main(out: Path) -> None:
-    dist.init_process_group("gloo")
+    """gloo on CPU (the test); NCCL with one GPU per process where CUDA is present (the GPU check)."""
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank()
-    model = tiny_llama()
+    if cuda:
+        torch.cuda.set_device(rank)
+    model = tiny_llama().to(f"cuda:{rank}" if cuda else "cpu")
     modules = linear_modules(model)
     stats = collect_statistics(model, modules, make_batches(count=5), steps=5)
     torch.save(
@@ -46,7 +50,7 @@ def awsvd_checksum(model, stats) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(peft_model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 

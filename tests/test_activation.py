@@ -59,6 +59,18 @@ print("aira_moe" in METHODS, type(finetuning_args).__name__)
     assert "True AiraMoeFinetuningArguments" in run_python(code)
 
 
+def test_importing_our_tuner_first_registers_without_warnings():
+    """`from aira_moe import AiraMoeConfig` before peft: the peft hook fires mid-import and must wait."""
+    code = """
+import warnings
+warnings.simplefilter("error")
+from aira_moe import AiraMoeConfig
+from peft.utils import PeftType
+print("REGISTERED", "AIRA_MOE" in PeftType.__members__, AiraMoeConfig().peft_type)
+"""
+    assert "REGISTERED True PeftType.AIRA_MOE" in run_python(code)
+
+
 def test_hook_can_be_switched_off():
     code = """
 import peft, llamafactory.hparams.parser as parser

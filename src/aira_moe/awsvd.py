@@ -52,27 +52,32 @@ def awsvd_factors(
     scale = rms.clamp_min(FLOOR * rms.max()) if rms.max() > 0 else torch.ones_like(rms)
     u, singular, vh = top_svd(weight.float() * scale, rank)
     root = (singular / scaling).sqrt()
-    return u * root, (root[:, None] * vh) / scale
+    return (u * root).contiguous(), ((root[:, None] * vh) / scale).contiguous()  # contiguous: broadcast needs it
 
 
 def _broadcast_from_first_rank(*tensors: torch.Tensor) -> None:
     """SVD signs and randomized sketches can differ per process: everyone takes rank 0's factors."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for tensor in tensors:
-            dist.broadcast(tensor, src=0)
+    from .calibration import collective_device, is_distributed
+
+    if not is_distributed():
+        return
+    for tensor in tensors:
+        shared = tensor.to(collective_device())
+        dist.broadcast(shared, src=0)
+        tensor.copy_(shared)
 
 
 def apply_awsvd_init(model: torch.nn.Module, stats: "Statistics", adapter_name: str = "default") -> int:
     """Initialise every adapted layer of a peft model from AwSVD and subtract its P0; returns the count."""
     from tqdm import tqdm
 
+    from .calibration import is_main_process
     from .tuner import AiraMoeLayer
 
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, AiraMoeLayer) and adapter_name in m.aira_A]
-    show = not (torch.distributed.is_initialized() and torch.distributed.get_rank() > 0)
-    for name, layer in tqdm(layers, desc="aira_moe AwSVD", unit="layer", disable=not show):
+    for name, layer in tqdm(layers, desc="aira_moe AwSVD", unit="layer", disable=not is_main_process()):
         weight = layer.get_base_layer().weight
         rms_in = stats[name.removeprefix("base_model.model.")].rms_in
         try:

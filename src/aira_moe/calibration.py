@@ -97,7 +97,8 @@ class _Accumulator:
             sums = self.sums.get(name) or [torch.zeros(module.in_features), torch.zeros(module.out_features)]
             parts += [part.to(device, torch.float64) for part in sums]
         flat = torch.cat([*parts, torch.tensor([float(self.tokens)], dtype=torch.float64, device=device)])
-        if dist.is_available() and dist.is_initialized():
+        if is_distributed():
+            flat = flat.to(collective_device())
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat = flat.cpu()
         stats, offset = {}, 0
@@ -107,6 +108,21 @@ class _Accumulator:
             stats[name] = LayerStatistics(chunk[:d_in].clone(), chunk[d_in:].clone(), int(flat[-1]))
             offset += d_in + d_out
         return stats
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main_process() -> bool:
+    return not is_distributed() or dist.get_rank() == 0
+
+
+def collective_device() -> torch.device:
+    """Where tensors must be for collectives: NCCL takes GPU tensors only (the model may still be on CPU)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def shard_batches(batches: Iterable[Any], steps: int, rank: int, world_size: int) -> Iterator[Any]:
@@ -125,7 +141,7 @@ def collect_statistics(
     steps: int,
 ) -> Statistics:
     """Run the frozen model (eval mode, no grad) over this process's share of `steps` batches."""
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
     accumulator = _Accumulator(modules)
     was_training = model.training
     model.eval()

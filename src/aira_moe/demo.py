@@ -29,7 +29,8 @@ LETTERS = ("a", "b", "c", "d")
 
 
 def train_config(model_dir: Path, data_dir: Path, output_dir: Path, epochs: float) -> dict:
-    """The demo's LLaMA-Factory config: aira_moe basic mode (CoLA, 2 A x 3 B) on every linear layer."""
+    """The demo's LLaMA-Factory config: aira_moe full mode (2 A x 3 B, activation-aware weighting,
+    layer-wise ranks averaging 8 over the 30 blocks, AwSVD) on every linear layer."""
     return {
         "model_name_or_path": str(model_dir),
         "stage": "sft",
@@ -40,6 +41,14 @@ def train_config(model_dir: Path, data_dir: Path, output_dir: Path, epochs: floa
         "num_A": 2,
         "num_B": 3,
         "collaboration": "fully",
+        "use_activation_aware": True,
+        "activation_aware_mode": "inps",
+        "use_layer_wise_rank": True,
+        "rank_budget": 240,
+        "min_rank": 4,
+        "max_rank": 16,
+        "use_awsvd_init": True,
+        "awsvd_collect_steps": 10,
         "dataset": TRAIN_NAME,
         "dataset_dir": str(data_dir),
         "template": "chatml",

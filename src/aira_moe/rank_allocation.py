@@ -55,7 +55,8 @@ def lod_theta(
     """θ per block from the pooled |W_ij|·‖X_j‖₂ of the block's target layers."""
     pooled = defaultdict(list)
     for name, weight in weights.items():
-        pooled[block_of(name)].append((weight.float().abs() * input_norms[name].float()).flatten())
+        norms = input_norms[name].to(weight.device, torch.float32)
+        pooled[block_of(name)].append((weight.float().abs() * norms).flatten())
     return {block: outlier_fraction(torch.cat(scores), threshold_M) for block, scores in sorted(pooled.items())}
 
 

@@ -9,13 +9,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch.distributed as dist
 from llamafactory.extras import logging
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from ..calibration import CACHE_FILE, Statistics, cache_key, collect_statistics, load_statistics, save_statistics
+from ..calibration import (
+    CACHE_FILE,
+    Statistics,
+    cache_key,
+    collect_statistics,
+    is_main_process,
+    load_statistics,
+    save_statistics,
+)
 from ..rank_allocation import allocate_ranks, block_of, lod_theta, write_allocation
 from ..tuner import AiraMoeConfig
 from . import run_context
@@ -25,10 +32,6 @@ logger = logging.get_logger("llamafactory.model.aira_moe")
 
 def needs_calibration(finetuning_args) -> bool:
     return finetuning_args.use_layer_wise_rank or finetuning_args.use_activation_aware or finetuning_args.use_awsvd_init
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def target_linear_modules(model: nn.Module, config: AiraMoeConfig) -> dict[str, nn.Linear]:

@@ -7,6 +7,7 @@ first. Both steps are idempotent: the post-import hook and explicit calls may bo
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 from typing import Optional
 
@@ -48,6 +49,9 @@ def add_peft_type() -> None:
 
 def register_with_peft(_peft_module: Optional[ModuleType] = None) -> None:
     """Register config, tuner and prefix with peft (the post-import hook passes the peft module)."""
+    config_module = sys.modules.get("aira_moe.tuner.config")
+    if config_module is not None and not hasattr(config_module, "AiraMoeConfig"):
+        return  # our tuner's own import pulled peft in; `aira_moe.tuner` registers once its classes exist
     add_peft_type()
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
     from peft.utils.peft_types import PeftType, register_peft_method
