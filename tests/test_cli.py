@@ -124,11 +124,11 @@ torch.save(merged(torch.load({str(work / 'tokens.pt')!r})).logits, {str(work / '
     torch.testing.assert_close(merged_logits, adapter_logits, rtol=1e-3, atol=2e-3)
 
 
-def test_chat_model_loads_the_adapter(trained, tiny_model_dir):
-    work, _ = trained
+def chat_once(model_dir: Path, adapter_dir: Path) -> None:
+    """LLaMA-Factory's ChatModel (what `llamafactory-cli chat` uses) answers with the merged adapter."""
     code = f"""
 from llamafactory.chat import ChatModel
-chat = ChatModel(dict(model_name_or_path={str(tiny_model_dir)!r}, adapter_name_or_path={str(work / 'out')!r},
+chat = ChatModel(dict(model_name_or_path={str(model_dir)!r}, adapter_name_or_path={str(adapter_dir)!r},
                       finetuning_type="aira_moe", template="chatml", infer_backend="huggingface",
                       do_sample=False, max_new_tokens=6))
 responses = chat.chat([{{"role": "user", "content": "Which vitamin comes only from animal sources?"}}])
@@ -138,6 +138,10 @@ print("RESPONSE", repr(responses[0].response_text), responses[0].response_length
     assert "Merged 1 aira_moe adapter(s)" in output
     response = re.search(r"^RESPONSE (.*) (\d+)$", output, re.MULTILINE)
     assert response and int(response.group(2)) >= 1
+
+
+def test_chat_model_loads_the_adapter(trained, tiny_model_dir):
+    chat_once(tiny_model_dir, trained[0] / "out")
 
 
 def test_two_process_torchrun_through_llamafactory_launcher(tiny_model_dir, medmcqa_dir, tmp_path):
@@ -194,6 +198,10 @@ def test_resume_reuses_the_cached_calibration(calibrated):
     assert "aira_moe calibration" not in log
     resumed = [float(loss) for loss in re.findall(r"'loss': '([0-9.]+)'", log)]
     assert resumed == pytest.approx([original[3], original[4]], rel=1e-3)
+
+
+def test_chat_loads_a_full_mode_adapter(calibrated, tiny_model_dir):
+    chat_once(tiny_model_dir, calibrated[0] / "out")
 
 
 def test_layer_wise_adapter_reloads_and_exports_without_calibration(calibrated, tiny_model_dir):
