@@ -213,6 +213,12 @@ class AiraMoeLayer(BaseTunerLayer):
             current_left, current_right = module.aira_res_left[adapter_name], module.aira_res_right[adapter_name]
             if torch.equal(left.to(current_left), current_left) and torch.equal(right.to(current_right), current_right):
                 continue
+            dtype = module.get_base_layer().weight.dtype
+            if current_left.any() and dtype != torch.float32:
+                warnings.warn(
+                    f"loading adapter {adapter_name!r} over a different AwSVD residual on a {dtype} weight: the old "
+                    "one is added back with rounding; load onto the original base model for an exact W - P0."
+                )
             module.set_residual(adapter_name, left, right)
 
     def residual_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
