@@ -169,11 +169,21 @@ class AiraMoeLayer(BaseTunerLayer):
         return left @ right
 
     @torch.no_grad()
+    def add_to_base_weight(self, delta: torch.Tensor, safe_merge_of: Optional[str] = None) -> None:
+        """W += delta, computed in fp32 and stored back in W's dtype (merge, unmerge and residuals).
+
+        With `safe_merge_of` (an adapter name) a non-finite result is refused before W changes.
+        """
+        weight = self.get_base_layer().weight
+        updated = weight.data.float() + delta
+        if safe_merge_of is not None and not torch.isfinite(updated).all():
+            raise ValueError(f"NaNs detected in the merged weights; adapter {safe_merge_of!r} seems broken.")
+        weight.data = updated.to(weight.dtype)
+
+    @torch.no_grad()
     def set_residual(self, adapter_name: str, left: torch.Tensor, right: torch.Tensor) -> None:
         """Make the frozen weight W - left @ right, undoing the residual it held before."""
-        weight = self.get_base_layer().weight
-        updated = weight.data.float() + self.residual(adapter_name) - left.float() @ right.float()
-        weight.data = updated.to(weight.dtype)
+        self.add_to_base_weight(self.residual(adapter_name) - left.float() @ right.float())
         # copies: the factors may be views of the trainable A (delta_factors), which must not move P0
         self.aira_res_left[adapter_name] = left.detach().to(self.aira_res_left[adapter_name], copy=True)
         self.aira_res_right[adapter_name] = right.detach().to(self.aira_res_right[adapter_name], copy=True)
@@ -183,6 +193,11 @@ class AiraMoeLayer(BaseTunerLayer):
         if adapter_name not in self.aira_res_left:
             return torch.zeros((), device=self.get_base_layer().weight.device)
         return self.aira_res_left[adapter_name].float() @ self.aira_res_right[adapter_name].float()
+
+    def clear_residual(self, adapter_name: str) -> None:
+        """Give P0 back to the frozen weight (W_res + P0 = W)."""
+        left, right = self.aira_res_left[adapter_name], self.aira_res_right[adapter_name]
+        self.set_residual(adapter_name, torch.zeros_like(left), torch.zeros_like(right))
 
     @torch.no_grad()
     def initialise_from_principal_part(self, adapter_name: str, B0: torch.Tensor, A0: torch.Tensor) -> None:
@@ -234,14 +249,12 @@ class AiraMoeLayer(BaseTunerLayer):
             self.merge(safe_merge=safe_merge, adapter_names=adapter_names)
         for adapter_name in list(self.aira_res_left):
             if adapter_name not in self.merged_adapters:
-                self.set_residual(adapter_name, torch.zeros_like(self.aira_res_left[adapter_name]),
-                                  torch.zeros_like(self.aira_res_right[adapter_name]))
+                self.clear_residual(adapter_name)
         return self.get_base_layer()
 
     def delete_adapter(self, adapter_name: str) -> None:
         if adapter_name in self.aira_res_left:
-            left = self.aira_res_left[adapter_name]
-            self.set_residual(adapter_name, torch.zeros_like(left), torch.zeros_like(self.aira_res_right[adapter_name]))
+            self.clear_residual(adapter_name)
         super().delete_adapter(adapter_name)
 
 
@@ -255,26 +268,20 @@ class Linear(nn.Module, AiraMoeLayer):
         self.update_layer(adapter_name, **adapter_kwargs)
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        base = self.get_base_layer()
         for adapter_name in check_adapters_to_merge(self, adapter_names):
             if adapter_name not in self.aira_A:
                 continue
-            merged = base.weight.data.float() + self.get_delta_weight(adapter_name)
-            if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(f"NaNs detected in the merged weights; adapter {adapter_name!r} seems broken.")
-            base.weight.data = merged.to(base.weight.dtype)
+            self.add_to_base_weight(self.get_delta_weight(adapter_name), adapter_name if safe_merge else None)
             self.merged_adapters.append(adapter_name)
 
     def unmerge(self) -> None:
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.")
             return
-        base = self.get_base_layer()
         while self.merged_adapters:
             adapter_name = self.merged_adapters.pop()
             if adapter_name in self.aira_A:
-                restored = base.weight.data.float() - self.get_delta_weight(adapter_name)
-                base.weight.data = restored.to(base.weight.dtype)
+                self.add_to_base_weight(-self.get_delta_weight(adapter_name))
 
     def adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """Δy = s · w_out ⊙ B (Ω ⊗ I_r) A (w_in ⊙ dropout(x)): A GEMM, an (N x M) mix per token, B GEMM."""
