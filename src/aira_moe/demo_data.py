@@ -6,10 +6,11 @@ become LLaMA-Factory alpaca records; a fixed, seeded split keeps 20% held out fo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
+
+from .package_files import package_file
 
 EVALS_PACKAGE = "evals"
 MEDMCQA_FILE = ("registry", "data", "medmcqa", "samples.jsonl")
@@ -17,13 +18,8 @@ TRAIN_NAME, TEST_NAME = "medmcqa_train", "medmcqa_test"
 
 
 def medmcqa_source() -> Path:
-    """The JSON-lines file inside the installed `evals` package (found without importing it)."""
-    spec = importlib.util.find_spec(EVALS_PACKAGE)
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    path = Path(folders[0]).joinpath(*MEDMCQA_FILE) if folders else None
-    if path is None or not path.is_file():
-        raise FileNotFoundError("MedMCQA samples not found: install them with `pip install --no-deps evals==3.0.1.post1`.")
-    return path
+    """The JSON-lines file inside the installed `evals` package."""
+    return package_file(EVALS_PACKAGE, *MEDMCQA_FILE, install="pip install --no-deps evals==3.0.1.post1")
 
 
 def medmcqa_records() -> list[dict[str, str]]:

