@@ -21,7 +21,7 @@ from ..activation_aware import apply_activation_weights
 from ..awsvd import apply_awsvd_init
 from ..tuner import AiraMoeConfig
 from . import run_context
-from .techniques import calibrate, layer_wise_rank_pattern, needs_calibration
+from .techniques import calibrate, layer_wise_rank_pattern, needs_calibration, target_linear_modules
 
 if TYPE_CHECKING:
     from llamafactory.hparams import FinetuningArguments, ModelArguments
@@ -79,10 +79,11 @@ def _create_adapter(model: "PreTrainedModel", finetuning_args: "FinetuningArgume
     config = build_config(model, finetuning_args)
     if not needs_calibration(finetuning_args):
         return get_peft_model(model, config)
-    stats = calibrate(model, config, finetuning_args)
+    modules = target_linear_modules(model, config)
+    stats = calibrate(model, modules, finetuning_args)
     if finetuning_args.use_layer_wise_rank:
         output_dir = Path(run_context.current().training_args.output_dir)
-        config.rank_pattern = layer_wise_rank_pattern(model, config, stats, finetuning_args, output_dir)
+        config.rank_pattern = layer_wise_rank_pattern(modules, stats, finetuning_args, output_dir)
     model = get_peft_model(model, config)
     if finetuning_args.use_activation_aware:
         apply_activation_weights(

@@ -43,7 +43,7 @@ def target_linear_modules(model: nn.Module, config: AiraMoeConfig) -> dict[str, 
     }
 
 
-def calibrate(model: nn.Module, config: AiraMoeConfig, finetuning_args) -> Statistics:
+def calibrate(model: nn.Module, modules: dict[str, nn.Linear], finetuning_args) -> Statistics:
     """Statistics of the run's first `awsvd_collect_steps` training batches, cached in output_dir."""
     context = run_context.current()
     if context is None:
@@ -56,7 +56,6 @@ def calibrate(model: nn.Module, config: AiraMoeConfig, finetuning_args) -> Stati
             "DeepSpeed ZeRO-3 partitions the weights that calibration reads; use ZeRO-2 (or no DeepSpeed) "
             "with use_layer_wise_rank / use_activation_aware / use_awsvd_init."
         )
-    modules = target_linear_modules(model, config)
     loader = context.train_loader()
     steps = finetuning_args.awsvd_collect_steps
     if len(loader) < steps:
@@ -95,10 +94,9 @@ def calibrate(model: nn.Module, config: AiraMoeConfig, finetuning_args) -> Stati
 
 
 def layer_wise_rank_pattern(
-    model: nn.Module, config: AiraMoeConfig, stats: Statistics, finetuning_args, output_dir: Path
+    modules: dict[str, nn.Linear], stats: Statistics, finetuning_args, output_dir: Path
 ) -> dict[str, int]:
     """Per-module ranks (one per decoder block) from θ and the budget; writes the allocation and its plot."""
-    modules = target_linear_modules(model, config)
     blocks = sorted({block_of(name) for name in modules})
     if finetuning_args.theta_type == "lod":
         theta_by_block = lod_theta(
