@@ -64,6 +64,8 @@ setup(
         "torchaudio==2.11.0",
         "gguf>=0.10",
         "matplotlib",
+        "rouge-score==0.1.2",
+        "sacrebleu==2.6.0",
     ],
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],

@@ -3,24 +3,83 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
+DEFAULT_SOURCE = Path(os.environ.get("AIRA_MOE_SOURCE", "../shared/data"))
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aira-moe", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+
+def add_demo(commands) -> None:
     demo = commands.add_parser(
         "demo", help="Fine-tune SmolLM2-135M-Instruct on MedMCQA with aira_moe on CPU; score before and after."
     )
     demo.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="Where everything is written.")
     demo.add_argument("--epochs", type=float, default=1.0, help="Training epochs over the 240 training questions.")
+
+
+def add_export(commands) -> None:
     export = commands.add_parser(
         "export-lora", help="Write a stock peft LoRA adapter that reproduces an aira_moe adapter on the original base."
     )
     export.add_argument("--model", required=True, help="The ORIGINAL base model (path or hub id) the adapter was trained on.")
     export.add_argument("--adapter", required=True, help="The aira_moe adapter directory.")
     export.add_argument("--output", required=True, help="Where to write the LoRA adapter.")
+
+
+def add_prepare(commands) -> None:
+    prepare = commands.add_parser(
+        "prepare-data", help="Convert raw GSM8K, FinEval-en, GenMedGPT-5k and LawBench into LLaMA-Factory files with held-out splits."
+    )
+    prepare.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Raw data folder (layout of ../shared/data; env AIRA_MOE_SOURCE).")
+    prepare.add_argument("--output", type=Path, default=Path("data"), help="Folder of dataset_info.json, where the files go.")
+
+
+def add_eval(commands) -> None:
+    from .evaluation.tasks import TASKS
+
+    evaluate = commands.add_parser("eval", help="Score a base model, base + adapter (aira_moe or LoRA) or a merged model on one task.")
+    evaluate.add_argument("--model", required=True, help="Base or merged model (path or hub id).")
+    evaluate.add_argument("--adapter", help="A peft adapter directory (aira_moe or LoRA) to load on --model.")
+    evaluate.add_argument("--task", required=True, choices=list(TASKS), help="; ".join(f"{k}: {t.description}" for k, t in TASKS.items()))
+    evaluate.add_argument("--data", type=Path, help="Task data (file or folder); default: the task's file under --source or --data-dir.")
+    evaluate.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Raw benchmark folder (env AIRA_MOE_SOURCE).")
+    evaluate.add_argument("--data-dir", type=Path, default=Path("data"), help="Folder of the prepared held-out splits.")
+    evaluate.add_argument("--output", type=Path, required=True, help="Results JSON to write.")
+    evaluate.add_argument("--template", help="LLaMA-Factory template the model was trained with (default: the tokenizer's chat template).")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--limit", type=int, help="Score a seeded random sample of this many items.")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
+    evaluate.add_argument("--max-new-tokens", type=int, help="Generation budget (generative tasks; default per task).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aira-moe", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (add_demo, add_export, add_prepare, add_eval):
+        add(commands)
     return parser
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from .evaluation.tasks import EvalSettings, default_data, evaluate
+
+    data = args.data or default_data(args.task, args.source, args.data_dir)
+    evaluate(
+        EvalSettings(
+            model=args.model,
+            adapter=args.adapter,
+            task=args.task,
+            data=data,
+            output=args.output,
+            template=args.template,
+            batch_size=args.batch_size,
+            limit=args.limit,
+            seed=args.seed,
+            device=args.device,
+            max_new_tokens=args.max_new_tokens,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +94,14 @@ def main(argv: list[str] | None = None) -> None:
         from .export import export_lora
 
         print(f"LoRA adapter written to {export_lora(args.model, args.adapter, args.output)}")
+    elif args.command == "prepare-data":
+        from .prepare_data import prepare
+
+        manifest = prepare(args.source, args.output)
+        for name, rows in manifest["rows"].items():
+            print(f"{name:<20}{rows:>7} rows -> {args.output / (name + '.json')}")
+    else:
+        run_eval(args)
 
 
 if __name__ == "__main__":

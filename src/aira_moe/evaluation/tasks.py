@@ -1,0 +1,190 @@
+"""`aira-moe eval`: the task registry, the run, the results JSON and the printed table.
+
+Each task names where its data lives by default: raw benchmark files under the source folder
+(`--source`, the layout of ../shared/data), prepared held-out splits under `data/`
+(written by `aira-moe prepare-data`). `--data` overrides either.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..prepare_data import OPTION_LETTERS, read_json
+from . import gsm8k, lawbench, multiple_choice, text_metrics
+from .inference import answer_nll, generate, next_token_logits
+from .loading import adapter_type, load_model, pick_device
+from .prompts import prompt_encoder
+
+
+@dataclass
+class EvalSettings:
+    model: str
+    adapter: str | None
+    task: str
+    data: Path
+    output: Path
+    template: str | None = None
+    batch_size: int = 8
+    limit: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: str  # "choice", "generate" or "nll"
+    default_data: str | None  # "source:<relative path>" or "data:<file>"; None means --data is required
+    description: str
+    max_new_tokens: int = 0
+
+
+TASKS: dict[str, Task] = {
+    "mmlu": Task("choice", "source:cola/eval/mmlu", "MMLU, all 57 subjects (test)"),
+    "mmlu_law": Task("choice", "source:cola/eval/mmlu", "MMLU law subjects (test)"),
+    "mmlu_medicine": Task("choice", "source:cola/eval/mmlu", "MMLU medicine subjects (test)"),
+    "gsm8k_mc": Task("choice", "source:cola/eval/gsm8k/test/gsm8k_test.csv", "GSM8K test as 4-option multiple choice"),
+    "fineval": Task("choice", "source:cola/eval/fineval", "FinEval-en test, 32 subjects"),
+    "mc": Task("choice", None, "any CSV: question, options A.. (2-20), answer"),
+    "gsm8k": Task("generate", "data:gsm8k_test.json", "GSM8K test, greedy, exact numeric match", 256),
+    "lawbench": Task("generate", "data:lawbench_test.json", "LawBench held-out split, accuracy and F1 tasks", 64),
+    "medicine": Task("generate", "data:genmedgpt_test.json", "GenMedGPT-5k held-out replies, ROUGE-L and BLEU", 256),
+    "nll": Task("nll", None, "per-token NLL of the reference answers of any alpaca JSON"),
+}
+
+
+def default_data(task: str, source: Path, data_dir: Path) -> Path | None:
+    where = TASKS[task].default_data
+    if where is None:
+        return None
+    root, relative = where.split(":", 1)
+    return (source if root == "source" else data_dir) / relative
+
+
+def sample(items: list, limit: int | None, seed: int) -> list:
+    """A seeded random subset (all items when no limit), in a stable order, so subjects mix in small slices."""
+    if limit is None or limit >= len(items):
+        return items
+    chosen = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in chosen]
+
+
+def load_questions(task: str, data: Path) -> tuple[list[multiple_choice.Question], int]:
+    """Questions of a multiple-choice task and how many unusable rows were dropped."""
+    if task in multiple_choice.MMLU_SUBSETS:
+        questions = multiple_choice.mmlu_questions(data, multiple_choice.MMLU_SUBSETS[task])
+    elif task == "fineval":
+        questions = multiple_choice.fineval_questions(data)
+    else:
+        subject = "mathematical reasoning" if task == "gsm8k_mc" else data.stem
+        questions = multiple_choice.csv_questions(data, subject)
+    usable = [q for q in questions if multiple_choice.usable(q)]
+    return usable, len(questions) - len(usable)
+
+
+def run_choice(settings: EvalSettings, model, tokenizer, encode) -> dict:
+    questions, dropped = load_questions(settings.task, settings.data)
+    questions = sample(questions, settings.limit, settings.seed)
+    prompts = [encode("", multiple_choice.format_question(q)) for q in questions]
+    letter_ids = multiple_choice.letter_token_ids(tokenizer, max(len(q.options) for q in questions))
+    logits = next_token_logits(model, prompts, letter_ids, tokenizer.pad_token_id, settings.batch_size, settings.task)
+    metrics = multiple_choice.score_choices(logits, questions)
+    metrics["dropped_unusable_rows"] = dropped
+    metrics["answers"] = [OPTION_LETTERS[q.answer] for q in questions]
+    return metrics
+
+
+def alpaca_user_turn(record: dict) -> str:
+    """The user turn LLaMA-Factory builds from an alpaca record: instruction, newline, input."""
+    return "\n".join(part for part in (record.get("instruction", ""), record.get("input", "")) if part)
+
+
+def run_generate(settings: EvalSettings, model, tokenizer, encode) -> dict:
+    records = read_json(settings.data)
+    if settings.task == "lawbench":
+        records = [r for r in records if r["task"] in lawbench.SCORED_TASKS]
+    records = sample(records, settings.limit, settings.seed)
+    prompts = [encode(r.get("system", ""), alpaca_user_turn(r)) for r in records]
+    budget = settings.max_new_tokens or TASKS[settings.task].max_new_tokens
+    replies = generate(model, tokenizer, prompts, budget, settings.batch_size, settings.task)
+    if settings.task == "gsm8k":
+        metrics = gsm8k.score_replies(replies, [r["answer"] for r in records])
+    elif settings.task == "lawbench":
+        metrics = lawbench.score_tasks([r["task"] for r in records], replies, [r["output"] for r in records])
+    else:
+        metrics = text_metrics.score_generations(replies, [r["output"] for r in records])
+    metrics["replies"] = replies
+    return metrics
+
+
+def run_nll(settings: EvalSettings, model, tokenizer, encode) -> dict:
+    records = sample(read_json(settings.data), settings.limit, settings.seed)
+    prompts = [encode(r.get("system", ""), alpaca_user_turn(r)) for r in records]
+    end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    answers = [tokenizer(r["output"], add_special_tokens=False)["input_ids"] + end for r in records]
+    total, tokens = answer_nll(model, prompts, answers, tokenizer.pad_token_id, settings.batch_size, "nll")
+    return {"nll": total / tokens, "answer_tokens": tokens, "n": len(records)}
+
+
+RUNNERS: dict[str, Callable] = {"choice": run_choice, "generate": run_generate, "nll": run_nll}
+
+
+def check_settings(settings: EvalSettings) -> None:
+    """Every input problem is reported before the model loads."""
+    if settings.task not in TASKS:
+        raise SystemExit(f"--task {settings.task!r} is not a task; choose one of: {', '.join(TASKS)}")
+    if settings.data is None or not settings.data.exists():
+        raise SystemExit(f"--data {settings.data} does not exist (task {settings.task}: {TASKS[settings.task].description})")
+    if settings.batch_size < 1:
+        raise SystemExit(f"--batch-size must be >= 1, got {settings.batch_size}")
+    if settings.limit is not None and settings.limit < 1:
+        raise SystemExit(f"--limit must be >= 1, got {settings.limit}")
+    if settings.adapter:
+        adapter_type(settings.adapter)
+
+
+def evaluate(settings: EvalSettings) -> dict:
+    """Run one task; write the results JSON (identical for identical inputs) and print the summary table."""
+    check_settings(settings)
+    started = time.time()
+    import torch
+
+    torch.manual_seed(settings.seed)
+    model, tokenizer = load_model(settings.model, settings.adapter, pick_device(settings.device))
+    encode = prompt_encoder(tokenizer, settings.template)
+    metrics = RUNNERS[TASKS[settings.task].kind](settings, model, tokenizer, encode)
+    results = {
+        "task": settings.task,
+        "model": settings.model,
+        "adapter": settings.adapter,
+        "adapter_type": adapter_type(settings.adapter) if settings.adapter else None,
+        "data": str(settings.data),
+        "template": settings.template or "tokenizer chat template",
+        "limit": settings.limit,
+        "seed": settings.seed,
+        "metrics": metrics,
+    }
+    settings.output.parent.mkdir(parents=True, exist_ok=True)
+    settings.output.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+    print_table(results, time.time() - started)
+    return results
+
+
+def summary(metrics: dict) -> dict[str, float]:
+    """The headline numbers of a metrics dict (lists such as predictions and replies left out)."""
+    heads = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    for task, values in metrics.get("per_task", {}).items():
+        heads[f"{task} {values['metric']}"] = values["score"]
+    return heads
+
+
+def print_table(results: dict, seconds: float) -> None:
+    print(f"\n{results['task']}: {results['model']}" + (f" + {results['adapter']}" if results["adapter"] else ""))
+    for name, value in summary(results["metrics"]).items():
+        print(f"  {name:<28}{value:>12.4f}" if isinstance(value, float) else f"  {name:<28}{value:>12}")
+    print(f"  {'seconds':<28}{seconds:>12.1f}")
