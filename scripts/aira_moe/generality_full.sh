@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# AIRA-MoE recipe: general instruction following (dolly-15k), full mode: + LOD rank allocation and AwSVD.
+# Settings: examples/aira_moe/generality_full.yaml. Overrides and hardware: scripts/aira_moe/README.md.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=launch.sh
+source "$(dirname "$0")/launch.sh"
+aira_resolve generality_full 2
+aira_train
+
+# --- Evaluation: uncomment to score the adapter once training has finished -----------------------
+# [[ "${DRY_RUN:-0}" == "1" ]] || {
+#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task mmlu --output "$OUTPUT_DIR/eval_mmlu.json"
+# }

@@ -1,0 +1,82 @@
+# shellcheck shell=bash
+# Shared launcher of the AIRA-MoE recipes; sourced by scripts/aira_moe/<recipe>.sh, never run alone.
+#
+# A recipe's settings live in examples/aira_moe/<recipe>.yaml (one source for both the scripts and
+# plain `llamafactory-cli train`); this file resolves the environment overrides and launches the
+# stock `llamafactory-cli train`, which starts torchrun itself (FORCE_TORCHRUN=1). Variables:
+#   GPUS          processes per node (default: the recipe's, or the count in CUDA_VISIBLE_DEVICES)
+#   MODEL         base model, hub id or path           TEMPLATE     LLaMA-Factory chat template
+#   OUTPUT_DIR    where the adapter and logs go        DATASET_DIR  folder of dataset_info.json
+#   DATASET       comma list of registered datasets    LAUNCHER     torchrun (DDP) or deepspeed
+#   DS_CONFIG     DeepSpeed config for LAUNCHER=deepspeed (default: ZeRO-2)
+#   EXTRA_ARGS    more key=value overrides, e.g. "max_steps=100 per_device_train_batch_size=2"
+#   EVAL_ARGS     more `aira-moe eval` options for the evaluation block, e.g. "--limit 200"
+#   DRY_RUN=1     print the command and the resolved config, run nothing
+#   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   several machines: passed to LLaMA-Factory's launcher
+
+AIRA_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+# Resolve every variable of the recipe named by $1 with default process count $2.
+aira_resolve() {
+    RECIPE="$1"
+    CONFIG="${AIRA_REPO}/examples/aira_moe/${RECIPE}.yaml"
+    [[ -f "${CONFIG}" ]] || { echo "error: no config ${CONFIG} for recipe ${RECIPE}" >&2; exit 2; }
+    local visible_count=""
+    if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+        visible_count="$(awk -F, '{print NF}' <<<"${CUDA_VISIBLE_DEVICES}")"
+    fi
+    GPUS="${GPUS:-${visible_count:-$2}}"
+    MODEL="${MODEL:-$(aira_config_value model_name_or_path)}"
+    TEMPLATE="${TEMPLATE:-$(aira_config_value template)}"
+    OUTPUT_DIR="${OUTPUT_DIR:-${AIRA_REPO}/$(aira_config_value output_dir)}"
+    DATASET_DIR="${DATASET_DIR:-${AIRA_REPO}/data}"
+    DATASET="${DATASET:-$(aira_config_value dataset)}"
+    LAUNCHER="${LAUNCHER:-torchrun}"
+    DS_CONFIG="${DS_CONFIG:-${AIRA_REPO}/examples/deepspeed/ds_z2_config.json}"
+    if ! [[ "${GPUS}" =~ ^[1-9][0-9]*$ ]]; then
+        echo "error: GPUS=${GPUS} is not a positive integer" >&2
+        exit 2
+    fi
+    if [[ "${LAUNCHER}" != "torchrun" && "${LAUNCHER}" != "deepspeed" ]]; then
+        echo "error: LAUNCHER=${LAUNCHER}; allowed: torchrun, deepspeed" >&2
+        exit 2
+    fi
+    # shellcheck disable=SC2034  # used by the recipes' evaluation blocks
+    read -r -a EVAL_EXTRA <<<"${EVAL_ARGS:-}"
+    export MODEL TEMPLATE OUTPUT_DIR DATASET_DIR
+}
+
+# One top-level value of the recipe's YAML (flat `key: value` lines).
+aira_config_value() {
+    sed -n "s/^$1: *//p" "${CONFIG}" | head -n 1
+}
+
+# The overrides appended to `llamafactory-cli train CONFIG` (LLaMA-Factory merges key=value pairs).
+aira_overrides() {
+    local -a args=(
+        "model_name_or_path=${MODEL}" "template=${TEMPLATE}" "output_dir=${OUTPUT_DIR}"
+        "dataset_dir=${DATASET_DIR}" "dataset=${DATASET}"
+    )
+    if [[ "${LAUNCHER}" == "deepspeed" ]]; then
+        args+=("deepspeed=${DS_CONFIG}")
+    fi
+    read -r -a extra <<<"${EXTRA_ARGS:-}"
+    printf '%s\n' "${args[@]}" "${extra[@]}"
+}
+
+# Launch training (or, with DRY_RUN=1, print what would run and the merged config).
+aira_train() {
+    local -a overrides
+    mapfile -t overrides < <(aira_overrides)
+    export FORCE_TORCHRUN=1 NPROC_PER_NODE="${GPUS}"
+    echo "recipe ${RECIPE}: ${GPUS} process(es) per node x ${NNODES:-1} node(s), ${LAUNCHER}"
+    echo "+ FORCE_TORCHRUN=1 NPROC_PER_NODE=${GPUS} llamafactory-cli train ${CONFIG} ${overrides[*]}"
+    if [[ "${DRY_RUN:-0}" == "1" ]]; then
+        echo "--- resolved config ---"
+        python -c 'import sys, yaml; from omegaconf import OmegaConf as O
+print(yaml.safe_dump(O.to_container(O.merge(O.load(sys.argv[1]), O.from_cli(sys.argv[2:]))), sort_keys=False), end="")' \
+            "${CONFIG}" "${overrides[@]}"
+        return 0
+    fi
+    llamafactory-cli train "${CONFIG}" "${overrides[@]}"
+}

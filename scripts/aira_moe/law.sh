@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# AIRA-MoE recipe: law (LawBench, all 20 tasks, training split), full mode.
+# Settings: examples/aira_moe/law.yaml. Overrides and hardware: scripts/aira_moe/README.md.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=launch.sh
+source "$(dirname "$0")/launch.sh"
+aira_resolve law 2
+aira_train
+
+# --- Evaluation: uncomment to score the adapter once training has finished -----------------------
+# [[ "${DRY_RUN:-0}" == "1" ]] || {
+#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task lawbench --output "$OUTPUT_DIR/eval_lawbench.json"
+#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task mmlu_law --output "$OUTPUT_DIR/eval_mmlu_law.json"
+# }

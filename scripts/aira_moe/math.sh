@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# AIRA-MoE recipe: math (GSM8K worked solutions), full mode, stricter outlier threshold M=2.5.
+# Settings: examples/aira_moe/math.yaml. Overrides and hardware: scripts/aira_moe/README.md.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=launch.sh
+source "$(dirname "$0")/launch.sh"
+aira_resolve math 2
+aira_train
+
+# --- Evaluation: uncomment to score the adapter once training has finished -----------------------
+# [[ "${DRY_RUN:-0}" == "1" ]] || {
+#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task gsm8k --output "$OUTPUT_DIR/eval_gsm8k.json"
+#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task gsm8k_mc --output "$OUTPUT_DIR/eval_gsm8k_mc.json"
+# }

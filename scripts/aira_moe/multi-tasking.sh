@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# AIRA-MoE recipe: all domains at once on 4 GPUs, 4 A x 4 B, rank budget 256.
+# Settings: examples/aira_moe/multi-tasking.yaml. Overrides and hardware: scripts/aira_moe/README.md.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=launch.sh
+source "$(dirname "$0")/launch.sh"
+aira_resolve multi-tasking 4
+aira_train
+
+# --- Evaluation: uncomment to score the adapter once training has finished -----------------------
+# [[ "${DRY_RUN:-0}" == "1" ]] || {
+#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task mmlu --output "$OUTPUT_DIR/eval_mmlu.json"
+#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task fineval --output "$OUTPUT_DIR/eval_fineval.json"
+#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task gsm8k --output "$OUTPUT_DIR/eval_gsm8k.json"
+#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task medicine --output "$OUTPUT_DIR/eval_medicine.json"
+#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task lawbench --output "$OUTPUT_DIR/eval_lawbench.json"
+# }
