@@ -5,11 +5,8 @@
 # default gradient checkpointing and without. Prints and writes train_samples_per_second per run.
 # Needs .whl/ (LLaMA-Factory's wheel set) and .gpu_assets/ (model config + tokenizer, MedMCQA data).
 set -euo pipefail
-OUT=${OUT:?set OUT to the results folder}
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH="/tmp/site:$PWD/src" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1
-export DISABLE_VERSION_CHECK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-cp src/aira_moe.pth "$(python3 -c 'import site; print(site.getsitepackages()[0])')/"
+# shellcheck source=benchmarks/gpu_setup.sh
+source benchmarks/gpu_setup.sh
 
 run() {  # $1 name, $2 finetuning_type, $3 disable_gradient_checkpointing
   cat > "/tmp/$1.yaml" <<YAML

@@ -7,12 +7,8 @@
 # Needs, in the repository root: .whl/ (LLaMA-Factory's wheel set, deepspeed, hjson) and .gpu_assets/
 # (a SmolLM2-135M-shaped config with its tokenizer, and the MedMCQA demo data).
 set -euo pipefail
-OUT=${OUT:?set OUT to the results folder}
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH="/tmp/site:$PWD/src" PATH="/tmp/site/bin:$PATH"
-export DISABLE_VERSION_CHECK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
-site_packages=$(python3 -c "import site; print(site.getsitepackages()[0])")
-cp src/aira_moe.pth "$site_packages/"
+# shellcheck source=benchmarks/gpu_setup.sh
+source benchmarks/gpu_setup.sh
 
 mkdir -p /tmp/ck
 torchrun --nproc_per_node 2 --master_port 29601 tests/calibration_worker.py /tmp/ck > "$OUT/checksums.log" 2>&1

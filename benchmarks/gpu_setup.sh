@@ -1,0 +1,15 @@
+# shellcheck shell=bash
+# Sourced by the GPU scripts on the device machine (no network): installs the carried wheel set of
+# LLaMA-Factory (.whl/) into /tmp/site, puts this checkout's package on the path and installs the
+# activation hook (aira_moe.pth), so that worker processes started by torchrun get it too.
+: "${OUT:?set OUT to the results folder}"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+export PYTHONPATH="/tmp/site:$PWD/src" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1
+export DISABLE_VERSION_CHECK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+cp src/aira_moe.pth "$(python3 -c 'import site; print(site.getsitepackages()[0])')/"
+
+# Log every GPU's used memory twice a second into $1 until the returned PID is killed.
+gpu_memory_logger() {
+    nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "$1" &
+    echo $!
+}

@@ -1,0 +1,179 @@
+"""Quality study (issue "Quality study"): LoRA, PiSSA, LoRA with CoLA's implied learning rates and the
+aira_moe modes, at equal trainable parameters, fine-tuned by the stock `llamafactory-cli train` on
+four domains; the primary measure is LLaMA-Factory's own held-out loss (per-token NLL of the
+reference answers of the domain's held-out split, `eval_loss`).
+
+Runs are independent processes spread over the GPUs (several per GPU: the model is small); every
+finished run is appended to the results file at once, and runs already there are skipped, so an
+interrupted study resumes where it stopped.
+
+    python benchmarks/quality_study.py --model SMOLLM2_DIR --results results.jsonl \
+        --domains gsm8k,fineval --lrs 1e-4,4e-4,1.6e-3 --seeds 0 --gpus 0,1 --per-gpu 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from queue import Queue
+from threading import Lock
+
+DOMAINS = {
+    "gsm8k": ("gsm8k_train", "gsm8k_test"),
+    "fineval": ("fineval_en_train", "fineval_en_test"),
+    "medicine": ("genmedgpt_train", "genmedgpt_test"),
+    "law": ("lawbench_train", "lawbench_test"),
+}
+# Equal trainable parameters on SmolLM2-135M (all 7 linear layers of 30 blocks): LoRA r=10 has
+# 10 * sum(d_in + d_out) = 101,760 per block; aira_moe 2 A x 3 B at r=4 has 8 * sum(d_in) +
+# 12 * sum(d_out) = 102,144. `lora_cola_lr` is the rank-4 LoRA that `fully` provably equals, with
+# A and B learning rates x2 and x3 (SPEC section 1): lr x2 and LoRA+ ratio 1.5.
+AIRA = {"finetuning_type": "aira_moe", "lora_rank": 4, "lora_alpha": 8, "num_A": 2, "num_B": 3, "collaboration": "fully"}
+FULL = {
+    "use_activation_aware": True,
+    "activation_aware_mode": "inps",
+    "use_layer_wise_rank": True,
+    "rank_budget": 120,
+    "min_rank": 2,
+    "max_rank": 8,
+    "use_awsvd_init": True,
+    "awsvd_collect_steps": 50,
+}
+METHODS: dict[str, tuple[dict, float]] = {  # settings, learning-rate multiplier
+    "lora": ({"finetuning_type": "lora", "lora_rank": 10, "lora_alpha": 20}, 1.0),
+    "pissa": ({"finetuning_type": "lora", "lora_rank": 10, "lora_alpha": 20, "pissa_init": True, "pissa_iter": 16}, 1.0),
+    "lora_cola_lr": ({"finetuning_type": "lora", "lora_rank": 4, "lora_alpha": 8, "loraplus_lr_ratio": 1.5}, 2.0),
+    "aira_basic": (AIRA, 1.0),
+    "aira_standard": ({**AIRA, "use_activation_aware": True, "activation_aware_mode": "inps"}, 1.0),
+    "aira_full": ({**AIRA, **FULL}, 1.0),
+    "aira_full_learned": ({**AIRA, **FULL, "collaboration": "learned"}, 1.0),
+}
+
+
+def run_config(model: str, data_dir: str, domain: str, method: str, lr: float, seed: int, steps: int, output: Path) -> dict:
+    train, test = DOMAINS[domain]
+    settings, multiplier = METHODS[method]
+    return {
+        "model_name_or_path": model,
+        "stage": "sft",
+        "do_train": True,
+        "do_eval": True,
+        "lora_target": "all",
+        **settings,
+        "dataset": train,
+        "eval_dataset": test,
+        "dataset_dir": data_dir,
+        "template": "chatml",
+        "cutoff_len": 512,
+        "preprocessing_num_workers": 2,
+        "dataloader_num_workers": 0,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 32,
+        "max_steps": steps,
+        "learning_rate": lr * multiplier,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.1,
+        "bf16": True,
+        "disable_gradient_checkpointing": True,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": seed,
+        "output_dir": str(output),
+        "overwrite_output_dir": True,
+    }
+
+
+def run_key(domain: str, method: str, lr: float, seed: int) -> str:
+    return f"{domain}/{method}/lr{lr:g}/seed{seed}"
+
+
+def train_once(key: str, config: dict, gpu: str, workdir: Path) -> dict:
+    """One `llamafactory-cli train` on one GPU; the record holds eval/train loss, parameters and time."""
+    name = key.replace("/", "_")
+    config_path = workdir / f"{name}.yaml"
+    config_path.write_text(json.dumps(config))  # JSON is YAML
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": "2"}
+    env.pop("FORCE_TORCHRUN", None)
+    started = time.time()
+    result = subprocess.run(["llamafactory-cli", "train", str(config_path)], env=env, capture_output=True, text=True)
+    log = result.stdout + result.stderr
+    (workdir / f"{name}.log").write_text(log)
+    record = {"key": key, "returncode": result.returncode, "wall_s": round(time.time() - started, 1)}
+    results = Path(config["output_dir"]) / "all_results.json"
+    if results.is_file():
+        record.update(json.loads(results.read_text()))
+    history = Path(config["output_dir"]) / "trainer_log.jsonl"
+    if history.is_file():
+        rows = [json.loads(line) for line in history.read_text().splitlines()]
+        record["loss_curve"] = [[r["current_steps"], r["loss"]] for r in rows if "loss" in r]
+    trainable = re.findall(r"trainable params: ([\d,]+)", log)
+    record["trainable_params"] = int(trainable[-1].replace(",", "")) if trainable else None
+    if result.returncode != 0:
+        record["error"] = log[-1500:]
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--results", type=Path, required=True, help="JSON lines; existing runs are skipped.")
+    parser.add_argument("--domains", default=",".join(DOMAINS))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--lrs", default="1e-4,4e-4,1.6e-3")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--gpus", default="0")
+    parser.add_argument("--per-gpu", type=int, default=4, help="Concurrent runs per GPU.")
+    parser.add_argument("--deadline-s", type=float, default=None, help="Start no run after this many seconds.")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/quality"))
+    parser.add_argument("--override", type=json.loads, default={}, help="JSON merged into every config (CPU smoke runs).")
+    args = parser.parse_args()
+    done = set()
+    if args.results.is_file():
+        done = {json.loads(line)["key"] for line in args.results.read_text().splitlines() if line.strip()}
+    jobs = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for domain in args.domains.split(","):
+            for lr in (float(x) for x in args.lrs.split(",")):
+                for method in args.methods.split(","):
+                    key = run_key(domain, method, lr, seed)
+                    if key not in done:
+                        output = args.workdir / "runs" / key.replace("/", "_")
+                        config = run_config(args.model, args.data_dir, domain, method, lr, seed, args.steps, output)
+                        jobs.append((key, {**config, **args.override}))
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    slots: Queue[str] = Queue()
+    for gpu in args.gpus.split(","):
+        for _ in range(args.per_gpu):
+            slots.put(gpu)
+    started, lock = time.time(), Lock()
+    print(f"{len(jobs)} runs to do ({len(done)} already done)", flush=True)
+
+    def work(job: tuple[str, dict]) -> None:
+        key, config = job
+        if args.deadline_s is not None and time.time() - started > args.deadline_s:
+            return
+        gpu = slots.get()
+        try:
+            record = train_once(key, config, gpu, args.workdir)
+        finally:
+            slots.put(gpu)
+        with lock:
+            with args.results.open("a") as out:
+                out.write(json.dumps(record) + "\n")
+            print(f"[{time.time() - started:6.0f} s] {key}: eval_loss={record.get('eval_loss')} rc={record['returncode']}", flush=True)
+
+    with ThreadPoolExecutor(max_workers=slots.qsize()) as pool:
+        list(pool.map(work, jobs))
+
+
+if __name__ == "__main__":
+    main()
