@@ -13,9 +13,9 @@ MAX_STEPS="${MAX_STEPS:-30}"
 for launcher in torchrun deepspeed; do
     logger_pid=$(gpu_memory_logger "/tmp/mem_${launcher}.csv")
     start=$SECONDS
-    GPUS=2 LAUNCHER="${launcher}" MODEL=.gpu_assets/llama32_3b_shape TEMPLATE=chatml \
+    GPUS=2 LAUNCHER="${launcher}" MODEL="$PWD/.gpu_assets/llama32_3b_shape" TEMPLATE=chatml \
         OUTPUT_DIR="/tmp/recipe_${launcher}" DATASET_DIR="$PWD/data" \
-        EXTRA_ARGS="train_from_scratch=true max_steps=${MAX_STEPS} save_steps=${MAX_STEPS} logging_steps=5 include_tokens_per_second=true" \
+        EXTRA_ARGS="train_from_scratch=true max_steps=${MAX_STEPS} save_steps=${MAX_STEPS} logging_steps=5" \
         bash scripts/aira_moe/math.sh > "/tmp/recipe_${launcher}.log" 2>&1 || echo "${launcher} failed"
     echo "${launcher} $((SECONDS - start))" >> /tmp/recipe_wall.txt
     kill "${logger_pid}"

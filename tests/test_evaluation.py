@@ -225,3 +225,37 @@ def test_every_task_runs_on_smollm2_and_results_are_stable(tmp_path, smollm2_dir
         if task == "lawbench":
             run_cli([*args, "--output", str(tmp_path / "again.json")], cwd=REPO)
             assert (tmp_path / "again.json").read_text() == (tmp_path / f"{task}.json").read_text()
+
+
+@pytest.mark.slow
+def test_lm_evaluation_harness_scores_an_exported_model(tmp_path, tiny_model_dir):
+    """The documented route: `llamafactory-cli export` an aira_moe adapter, then `lm_eval` with our task YAML."""
+    import yaml
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from aira_moe import AiraMoeConfig
+
+    config = AiraMoeConfig(r=4, num_A=2, num_B=3, target_modules=["q_proj", "v_proj"])
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config).save_pretrained(tmp_path / "adapter")
+    export = {
+        "model_name_or_path": str(tiny_model_dir), "adapter_name_or_path": str(tmp_path / "adapter"),
+        "finetuning_type": "aira_moe", "template": "chatml", "export_dir": str(tmp_path / "merged"),
+    }
+    (tmp_path / "export.yaml").write_text(yaml.safe_dump(export))
+    run_cli(["llamafactory-cli", "export", str(tmp_path / "export.yaml")], cwd=tmp_path)
+    (tmp_path / "data").mkdir()
+    rows = [
+        {"instruction": "Choose.", "input": f"Which is {i}?\nA. {i}\nB. {i + 1}\nC. {i + 2}\nD. {i + 3}", "output": f"{'ABCD'[i % 4]}. {i}"}
+        for i in range(12)
+    ]
+    (tmp_path / "data" / "fineval_en_test.json").write_text(json.dumps(rows))
+    run_cli(
+        ["lm_eval", "--model", "hf", "--model_args", f"pretrained={tmp_path / 'merged'}", "--include_path",
+         str(REPO / "evaluation" / "lm_eval_tasks"), "--tasks", "aira_fineval", "--batch_size", "4", "--device", "cpu",
+         "--output_path", str(tmp_path / "results")],
+        cwd=tmp_path, env={"HF_DATASETS_OFFLINE": "1"},
+    )
+    result = json.loads(next((tmp_path / "results").rglob("results_*.json")).read_text())
+    assert result["n-samples"]["aira_fineval"]["effective"] == len(rows)
+    assert 0.0 <= result["results"]["aira_fineval"]["acc,none"] <= 1.0

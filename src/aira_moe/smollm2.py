@@ -47,9 +47,12 @@ def smollm2_checkpoint() -> Path:
     tokenizer.eos_token = tokenizer.pad_token = END_OF_TURN
     model.config.eos_token_id = model.config.pad_token_id = end_id
     model.generation_config.eos_token_id = model.generation_config.pad_token_id = end_id
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")  # parallel test workers may convert at once
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    if (target / "model.safetensors").is_file():  # another process finished first
+        shutil.rmtree(partial)
+        return target
     if target.exists():  # an earlier conversion was interrupted
         shutil.rmtree(target)
     partial.replace(target)

@@ -43,6 +43,15 @@ def target_linear_modules(model: nn.Module, config: AiraMoeConfig) -> dict[str, 
     }
 
 
+def move_to_training_device(model: nn.Module, device) -> None:
+    """Models built on the CPU (e.g. `train_from_scratch`) would calibrate and run AwSVD on the CPU,
+    about a minute per batch for a 3B model; the Trainer moves them to this device anyway."""
+    parameter = next(model.parameters())
+    if device.type != "cpu" and parameter.device.type == "cpu":
+        logger.info_rank0(f"Moving the base model to {device} for calibration (the Trainer would move it there next).")
+        model.to(device)
+
+
 def calibrate(model: nn.Module, modules: dict[str, nn.Linear], finetuning_args) -> Statistics:
     """Statistics of the run's first `awsvd_collect_steps` training batches, cached in output_dir."""
     context = run_context.current()
@@ -56,6 +65,7 @@ def calibrate(model: nn.Module, modules: dict[str, nn.Linear], finetuning_args) 
             "DeepSpeed ZeRO-3 partitions the weights that calibration reads; use ZeRO-2 (or no DeepSpeed) "
             "with use_layer_wise_rank / use_activation_aware / use_awsvd_init."
         )
+    move_to_training_device(model, context.training_args.device)
     loader = context.train_loader()
     steps = finetuning_args.awsvd_collect_steps
     if len(loader) < steps:

@@ -1,0 +1,104 @@
+"""Table and plot of the quality study: docs/results.md's numbers from benchmarks/results/quality_*.jsonl.
+
+For every domain and method the learning rate with the lowest mean held-out loss is chosen; the
+table gives that loss as mean ± std over the seeds run at that rate, and flags a best rate at the
+edge of the grid (the sweep may not have found the method's optimum).
+
+    python benchmarks/quality_report.py benchmarks/results/quality_smollm2.jsonl --plot docs/quality_smollm2.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from quality_study import DOMAINS, METHODS
+
+
+def load(path: Path) -> dict[tuple[str, str, float], list[float]]:
+    """(domain, method, lr) -> held-out losses over seeds, from the successful runs."""
+    losses: dict[tuple[str, str, float], list[float]] = defaultdict(list)
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("returncode") == 0 and "eval_loss" in record:
+            domain, method, lr, _ = record["key"].split("/")
+            losses[(domain, method, float(lr[2:]))].append(record["eval_loss"])
+    return losses
+
+
+def best_settings(losses) -> dict[tuple[str, str], dict]:
+    """Per (domain, method): best lr, its losses, whether it sits at the grid's edge."""
+    best = {}
+    for domain in DOMAINS:
+        for method in METHODS:
+            grid = sorted(lr for d, m, lr in losses if (d, m) == (domain, method))
+            if not grid:
+                continue
+            lr = min(grid, key=lambda x: statistics.mean(losses[(domain, method, x)]))
+            values = losses[(domain, method, lr)]
+            best[(domain, method)] = {
+                "lr": lr,
+                "mean": statistics.mean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else None,
+                "seeds": len(values),
+                "edge": len(grid) > 1 and lr in (grid[0], grid[-1]),
+            }
+    return best
+
+
+def markdown_table(best) -> str:
+    domains = [d for d in DOMAINS if any(k[0] == d for k in best)]
+    lines = ["| method | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+    for method in METHODS:
+        cells = []
+        for domain in domains:
+            entry = best.get((domain, method))
+            if entry is None:
+                cells.append("–")
+                continue
+            spread = f" ± {entry['std']:.4f}" if entry["std"] is not None else ""
+            flag = "*" if entry["edge"] else ""
+            winner = min((v["mean"], m) for (d, m), v in best.items() if d == domain)[1] == method
+            value = f"{entry['mean']:.4f}{spread} (lr {entry['lr']:g}{flag}, n={entry['seeds']})"
+            cells.append(f"**{value}**" if winner else value)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(best, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = [d for d in DOMAINS if any(k[0] == d for k in best)]
+    figure, axes = plt.subplots(1, len(domains), figsize=(4.2 * len(domains), 3.8), squeeze=False)
+    for axis, domain in zip(axes[0], domains):
+        methods = [m for m in METHODS if (domain, m) in best]
+        means = [best[(domain, m)]["mean"] for m in methods]
+        errors = [best[(domain, m)]["std"] or 0.0 for m in methods]
+        axis.bar(range(len(methods)), means, yerr=errors, color=["#888" if m.startswith(("lora", "pissa")) else "#3a7" for m in methods])
+        axis.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
+        low, high = min(means), max(means)
+        axis.set_ylim(low - 0.3 * (high - low + 1e-9), high + 0.3 * (high - low + 1e-9))
+        axis.set_title(f"{domain}: held-out loss (lower is better)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args()
+    best = best_settings(load(args.results))
+    print(markdown_table(best))
+    if args.plot:
+        plot(best, args.plot)
+
+
+if __name__ == "__main__":
+    main()
