@@ -212,18 +212,21 @@ def test_bad_input_is_refused_before_loading(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data not found at {SHARED_DATA}")
 def test_every_task_runs_on_smollm2_and_results_are_stable(tmp_path, smollm2_dir):
+    """Every task in this process (one import, fast), then LawBench again through the CLI: same JSON."""
+    from aira_moe.cli import main
+
     data_dir = tmp_path / "data"
-    run_cli(["aira-moe", "prepare-data", "--source", str(SHARED_DATA), "--output", str(data_dir)], cwd=REPO)
+    main(["prepare-data", "--source", str(SHARED_DATA), "--output", str(data_dir)])
     write_alpaca(tmp_path / "nll.json")
+    extra = {"mc": ["--data", str(SHARED_DATA / "cola/eval/gsm8k/test/gsm8k_test.csv")], "nll": ["--data", str(tmp_path / "nll.json")]}
     for task in TASKS:
-        extra = {"mc": ["--data", str(SHARED_DATA / "cola/eval/gsm8k/test/gsm8k_test.csv")], "nll": ["--data", str(tmp_path / "nll.json")]}
-        args = ["aira-moe", "eval", "--model", str(smollm2_dir), "--task", task, "--limit", "4", "--max-new-tokens", "12"]
-        args += ["--source", str(SHARED_DATA), "--data-dir", str(data_dir), "--device", "cpu", *extra.get(task, [])]
-        run_cli([*args, "--output", str(tmp_path / f"{task}.json")], cwd=REPO)
+        args = ["eval", "--model", str(smollm2_dir), "--task", task, "--limit", "4", "--max-new-tokens", "12", "--source", str(SHARED_DATA)]
+        args += ["--data-dir", str(data_dir), "--device", "cpu", *extra.get(task, []), "--output", str(tmp_path / f"{task}.json")]
+        main(args)
         result = json.loads((tmp_path / f"{task}.json").read_text())
         assert result["task"] == task and result["metrics"], task
         if task == "lawbench":
-            run_cli([*args, "--output", str(tmp_path / "again.json")], cwd=REPO)
+            run_cli(["aira-moe", *args[:-1], str(tmp_path / "again.json")], cwd=REPO)
             assert (tmp_path / "again.json").read_text() == (tmp_path / f"{task}.json").read_text()
 
 

@@ -40,7 +40,6 @@ def load_model(model: str, adapter: str | None, device: torch.device):
     if adapter:
         from peft import PeftModel
 
-        adapter_type(adapter)
         network = PeftModel.from_pretrained(network, adapter)
     return network.to(device).eval(), tokenizer
 
