@@ -17,7 +17,8 @@ from pathlib import Path
 from aira_moe.evaluation.tasks import TASKS, summary
 from aira_moe.smollm2 import smollm2_checkpoint
 
-NLL_DATA = {"nll_gsm8k": "gsm8k_test.json", "nll_fineval": "fineval_en_test.json", "nll_medicine": "genmedgpt_test.json", "nll_law": "lawbench_test.json"}
+# LawBench's held-out NLL is left out: its inputs run to thousands of tokens (~34 s an item on 2 CPU cores).
+NLL_DATA = {"nll_gsm8k": "gsm8k_test.json", "nll_fineval": "fineval_en_test.json", "nll_medicine": "genmedgpt_test.json"}
 
 
 def main() -> None:
@@ -46,7 +47,7 @@ def main() -> None:
             results["tasks"][name] = {"limit": limit, "scores": summary(metrics), "seconds": round(seconds, 1),
                                       "seconds_per_100_items": round(100 * seconds / items, 1)}
             print(name, results["tasks"][name], flush=True)
-    args.output.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+            args.output.write_text(json.dumps(results, indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":
