@@ -107,7 +107,9 @@ def test_environment_overrides_and_visible_devices(tmp_path):
     assert config["deepspeed"].endswith("examples/deepspeed/ds_z2_config.json")
     assert json.loads(Path(config["deepspeed"]).read_text())["zero_optimization"]["stage"] == 2
     header, _ = dry_run("law", CUDA_VISIBLE_DEVICES="1,4,6", GPUS="2")
-    assert "NPROC_PER_NODE=2 " in header
+    assert "+ FORCE_TORCHRUN=1 NPROC_PER_NODE=2 " in header
+    assert "FORCE_TORCHRUN" not in dry_run("law", GPUS="1")[0], "one process on one node runs without torchrun"
+    assert "+ FORCE_TORCHRUN=1 NPROC_PER_NODE=1 " in dry_run("law", GPUS="1", NNODES="2")[0]
 
 
 @pytest.mark.parametrize(("name", "value", "allowed"), [("GPUS", "two", "positive integer"), ("LAUNCHER", "mpirun", "torchrun, deepspeed")])

@@ -3,7 +3,8 @@
 #
 # A recipe's settings live in examples/aira_moe/<recipe>.yaml (one source for both the scripts and
 # plain `llamafactory-cli train`); this file resolves the environment overrides and launches the
-# stock `llamafactory-cli train`, which starts torchrun itself (FORCE_TORCHRUN=1). Variables:
+# stock `llamafactory-cli train`, which starts torchrun itself (FORCE_TORCHRUN=1 whenever more than one
+# process is asked for; a single process on a single node runs without torchrun). Variables:
 #   GPUS          processes per node (default: the recipe's, or the count in CUDA_VISIBLE_DEVICES)
 #   MODEL         base model, hub id or path           TEMPLATE     LLaMA-Factory chat template
 #   OUTPUT_DIR    where the adapter and logs go        DATASET_DIR  folder of dataset_info.json
@@ -68,9 +69,14 @@ aira_overrides() {
 aira_train() {
     local -a overrides
     mapfile -t overrides < <(aira_overrides)
-    export FORCE_TORCHRUN=1 NPROC_PER_NODE="${GPUS}"
+    local launch="NPROC_PER_NODE=${GPUS}"
+    export NPROC_PER_NODE="${GPUS}"
+    if (( GPUS > 1 || ${NNODES:-1} > 1 )); then
+        export FORCE_TORCHRUN=1
+        launch="FORCE_TORCHRUN=1 ${launch}"
+    fi
     echo "recipe ${RECIPE}: ${GPUS} process(es) per node x ${NNODES:-1} node(s), ${LAUNCHER}"
-    echo "+ FORCE_TORCHRUN=1 NPROC_PER_NODE=${GPUS} llamafactory-cli train ${CONFIG} ${overrides[*]}"
+    echo "+ ${launch} llamafactory-cli train ${CONFIG} ${overrides[*]}"
     if [[ "${DRY_RUN:-0}" == "1" ]]; then
         echo "--- resolved config ---"
         python -c 'import sys, yaml; from omegaconf import OmegaConf as O
