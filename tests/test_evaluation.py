@@ -207,6 +207,8 @@ def test_bad_input_is_refused_before_loading(tmp_path):
         from aira_moe.evaluation.tasks import evaluate
 
         evaluate(EvalSettings(model="nowhere", adapter=None, task="nll", data=tmp_path / "no.json", output=tmp_path / "r.json"))
+    with pytest.raises(SystemExit, match="--task mc needs --data"):
+        evaluate(EvalSettings(model="nowhere", adapter=None, task="mc", data=None, output=tmp_path / "r.json"))
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ class EvalSettings:
     model: str
     adapter: str | None
     task: str
-    data: Path
+    data: Path | None
     output: Path
     template: str | None = None
     batch_size: int = 8
@@ -138,7 +138,9 @@ def check_settings(settings: EvalSettings) -> None:
     """Every input problem is reported before the model loads."""
     if settings.task not in TASKS:
         raise SystemExit(f"--task {settings.task!r} is not a task; choose one of: {', '.join(TASKS)}")
-    if settings.data is None or not settings.data.exists():
+    if settings.data is None:
+        raise SystemExit(f"--task {settings.task} needs --data ({TASKS[settings.task].description})")
+    if not settings.data.exists():
         raise SystemExit(f"--data {settings.data} does not exist (task {settings.task}: {TASKS[settings.task].description})")
     if settings.batch_size < 1:
         raise SystemExit(f"--batch-size must be >= 1, got {settings.batch_size}")
