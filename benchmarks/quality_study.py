@@ -120,6 +120,13 @@ def train_once(key: str, config: dict, gpu: str, workdir: Path) -> dict:
     return record
 
 
+def best_rates(results: Path) -> dict[tuple[str, str], float]:
+    """(domain, method) -> the learning rate with the lowest mean held-out loss in `results`."""
+    from quality_report import best_settings, load
+
+    return {key: entry["lr"] for key, entry in best_settings(load(results)).items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -128,6 +135,7 @@ def main() -> None:
     parser.add_argument("--domains", default=",".join(DOMAINS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--lrs", default="1e-4,4e-4,1.6e-3")
+    parser.add_argument("--best-of", type=Path, help="Instead of --lrs: each domain and method at its best rate in this results file (for more seeds).")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--gpus", default="0")
@@ -139,11 +147,14 @@ def main() -> None:
     done = set()
     if args.results.is_file():
         done = {json.loads(line)["key"] for line in args.results.read_text().splitlines() if line.strip()}
+    grid = [float(x) for x in args.lrs.split(",")]
+    best_lr = best_rates(args.best_of) if args.best_of else {}
     jobs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for domain in args.domains.split(","):
-            for lr in (float(x) for x in args.lrs.split(",")):
-                for method in args.methods.split(","):
+            for method in args.methods.split(","):
+                rates = grid if not args.best_of else [best_lr[(domain, method)]] if (domain, method) in best_lr else []
+                for lr in rates:
                     key = run_key(domain, method, lr, seed)
                     if key not in done:
                         output = args.workdir / "runs" / key.replace("/", "_")
