@@ -86,6 +86,17 @@ def medmcqa_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory) -> Path:
+    """`aira-moe prepare-data` on the shared raw data, with the repository's dataset registry beside it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    output = tmp_path_factory.mktemp("prepared")
+    run_cli(["aira-moe", "prepare-data", "--source", str(SHARED_DATA), "--output", str(output)], cwd=REPO)
+    (output / "dataset_info.json").write_text((REPO / "data" / "dataset_info.json").read_text())
+    return output
+
+
 def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> str:
     """Run a console script of this environment; fail with its output when it fails."""
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}

@@ -213,12 +213,11 @@ def test_bad_input_is_refused_before_loading(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data not found at {SHARED_DATA}")
-def test_every_task_runs_on_smollm2_and_results_are_stable(tmp_path, smollm2_dir):
+def test_every_task_runs_on_smollm2_and_results_are_stable(tmp_path, smollm2_dir, prepared_data):
     """Every task in this process (one import, fast), then LawBench again through the CLI: same JSON."""
     from aira_moe.cli import main
 
-    data_dir = tmp_path / "data"
-    main(["prepare-data", "--source", str(SHARED_DATA), "--output", str(data_dir)])
+    data_dir = prepared_data
     write_alpaca(tmp_path / "nll.json")
     extra = {"mc": ["--data", str(SHARED_DATA / "cola/eval/gsm8k/test/gsm8k_test.csv")], "nll": ["--data", str(tmp_path / "nll.json")]}
     for task in TASKS:

@@ -11,18 +11,9 @@ from pathlib import Path
 import pytest
 
 from aira_moe.prepare_data import normalised, split_by_key
-from conftest import REPO, SHARED_DATA, run_cli
+from conftest import REPO, SHARED_DATA
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data not found at {SHARED_DATA}")
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    output = tmp_path_factory.mktemp("prepared")
-    run_cli(["aira-moe", "prepare-data", "--source", str(SHARED_DATA), "--output", str(output)], cwd=REPO)
-    return output
 
 
 def rows(folder: Path, name: str) -> list[dict]:
@@ -34,7 +25,7 @@ def questions(records: list[dict]) -> set[str]:
 
 
 @needs_shared
-def test_row_counts_follow_the_sources(prepared):
+def test_row_counts_follow_the_sources(prepared_data):
     gsm8k_lines = [l for l in (SHARED_DATA / "gsm8k/train.jsonl").read_text().splitlines() if l]
     gsm8k_csv = (SHARED_DATA / "cola/eval/gsm8k/test/gsm8k_test.csv").read_bytes().decode("utf-8", "replace")
     genmed = json.loads((SHARED_DATA / "cola/train/GenMedGPT-5k.json").read_text())
@@ -42,35 +33,35 @@ def test_row_counts_follow_the_sources(prepared):
     fineval_test = sum(
         len(list(csv.DictReader(p.open(encoding="utf-8-sig")))) for p in (SHARED_DATA / "cola/eval/fineval/test").glob("*.csv")
     )
-    manifest = json.loads((prepared / "prepared.json").read_text())
-    assert len(rows(prepared, "gsm8k_train")) == len(gsm8k_lines)
-    assert len(rows(prepared, "gsm8k_test")) == len(list(csv.DictReader(gsm8k_csv.splitlines())))
-    assert len(rows(prepared, "fineval_en_test")) == fineval_test
+    manifest = json.loads((prepared_data / "prepared.json").read_text())
+    assert len(rows(prepared_data, "gsm8k_train")) == len(gsm8k_lines)
+    assert len(rows(prepared_data, "gsm8k_test")) == len(list(csv.DictReader(gsm8k_csv.splitlines())))
+    assert len(rows(prepared_data, "fineval_en_test")) == fineval_test
     removed = manifest["fineval_train_rows_removed_as_test_duplicates"]
-    assert len(rows(prepared, "fineval_en_train")) == len(fineval_train) - removed
+    assert len(rows(prepared_data, "fineval_en_train")) == len(fineval_train) - removed
     assert 6 <= removed <= 10, "the shared README documents 6 leaked test items (7 training rows)"
-    assert len(rows(prepared, "genmedgpt_train")) + len(rows(prepared, "genmedgpt_test")) == len(genmed)
-    assert 150 <= len(rows(prepared, "genmedgpt_test")) <= 400
+    assert len(rows(prepared_data, "genmedgpt_train")) + len(rows(prepared_data, "genmedgpt_test")) == len(genmed)
+    assert 150 <= len(rows(prepared_data, "genmedgpt_test")) <= 400
 
 
 @needs_shared
-def test_held_out_splits_share_no_question_with_training(prepared):
+def test_held_out_splits_share_no_question_with_training(prepared_data):
     for train, test in [
         ("gsm8k_train", "gsm8k_test"),
         ("fineval_en_train", "fineval_en_test"),
         ("genmedgpt_train", "genmedgpt_test"),
         ("lawbench_train", "lawbench_test"),
     ]:
-        overlap = questions(rows(prepared, train)) & questions(rows(prepared, test))
+        overlap = questions(rows(prepared_data, train)) & questions(rows(prepared_data, test))
         assert not overlap, f"{train} and {test} share {len(overlap)} questions"
-    fineval_test_keys = {normalised(r["input"].replace("\n", " ")) for r in rows(prepared, "fineval_en_test")}
-    assert not questions(rows(prepared, "fineval_en_train")) & fineval_test_keys
+    fineval_test_keys = {normalised(r["input"].replace("\n", " ")) for r in rows(prepared_data, "fineval_en_test")}
+    assert not questions(rows(prepared_data, "fineval_en_train")) & fineval_test_keys
 
 
 @needs_shared
-def test_lawbench_is_split_within_every_task(prepared):
-    train = Counter(r["task"] for r in rows(prepared, "lawbench_train"))
-    test = Counter(r["task"] for r in rows(prepared, "lawbench_test"))
+def test_lawbench_is_split_within_every_task(prepared_data):
+    train = Counter(r["task"] for r in rows(prepared_data, "lawbench_train"))
+    test = Counter(r["task"] for r in rows(prepared_data, "lawbench_test"))
     tasks = {p.stem for p in (SHARED_DATA / "lawbench/zero_shot").glob("*.json")}
     assert set(train) == set(test) == tasks
     for task in tasks:
@@ -79,10 +70,10 @@ def test_lawbench_is_split_within_every_task(prepared):
 
 
 @needs_shared
-def test_committed_registry_names_every_prepared_file(prepared):
+def test_committed_registry_names_every_prepared_file(prepared_data):
     registry = json.loads((REPO / "data" / "dataset_info.json").read_text())
     local = {name: entry["file_name"] for name, entry in registry.items() if "file_name" in entry}
-    produced = {p.name for p in prepared.glob("*.json")} - {"prepared.json"}
+    produced = {p.name for p in prepared_data.glob("*.json")} - {"prepared.json", "dataset_info.json"}  # the fixture copies the registry in
     assert set(local.values()) == produced
     for name, entry in registry.items():
         assert ("file_name" in entry) != ("hf_hub_url" in entry), name

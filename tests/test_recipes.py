@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, REPO, SHARED_DATA, run_cli, run_python
+from conftest import BIN, REPO, SHARED_DATA, run_python
 
 SCRIPTS = REPO / "scripts" / "aira_moe"
 RECIPES = sorted(p.stem for p in SCRIPTS.glob("*.sh") if p.stem != "launch")
@@ -159,16 +159,6 @@ def uncommented(recipe: str, folder: Path) -> Path:
     launcher = (SCRIPTS / "launch.sh").read_text().replace('AIRA_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"', f'AIRA_REPO="{REPO}"')
     (folder / "launch.sh").write_text(launcher)
     return script
-
-
-@pytest.fixture(scope="module")
-def prepared_data(tmp_path_factory) -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    output = tmp_path_factory.mktemp("data")
-    run_cli(["aira-moe", "prepare-data", "--source", str(SHARED_DATA), "--output", str(output)], cwd=REPO)
-    (output / "dataset_info.json").write_text((REPO / "data" / "dataset_info.json").read_text())
-    return output
 
 
 def tiny_run_env(recipe: str, model: Path, data: Path, output: Path, processes: int = 1) -> dict[str, str]:

@@ -35,7 +35,7 @@ def add_prepare(commands) -> None:
 
 
 def add_eval(commands) -> None:
-    from .evaluation.tasks import TASKS
+    from .evaluation.registry import TASKS
 
     evaluate = commands.add_parser("eval", help="Score a base model, base + adapter (aira_moe or LoRA) or a merged model on one task.")
     evaluate.add_argument("--model", required=True, help="Base or merged model (path or hub id).")
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from .evaluation.tasks import EvalSettings, default_data, evaluate
+    from .evaluation.registry import default_data
+    from .evaluation.tasks import EvalSettings, evaluate
 
     data = args.data or default_data(args.task, args.source, args.data_dir)
     evaluate(

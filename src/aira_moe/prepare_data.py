@@ -97,13 +97,9 @@ def fineval_test(source: Path) -> list[Record]:
     return records
 
 
-def fineval_train(source: Path) -> tuple[list[Record], int]:
-    """FinEval-en training rows minus those whose question and options equal a test item (the known leak)."""
-    test_keys = {
-        normalised(f"{row['question']} " + " ".join(f"{letter}. {row[letter]}" for letter in "ABCD"))
-        for path in (source / FINEVAL_TEST_DIR).glob("*.csv")
-        for row in read_csv_rows(path)
-    }
+def fineval_train(source: Path, test: list[Record]) -> tuple[list[Record], int]:
+    """FinEval-en training rows minus those whose question and options equal a `test` item (the known leak)."""
+    test_keys = {normalised(record["input"]) for record in test}
     rows = read_json(source / FINEVAL_TRAIN)
     kept = [row for row in rows if normalised(row["input"]) not in test_keys]
     return kept, len(rows) - len(kept)
@@ -134,7 +130,8 @@ def prepare(source: Path, output: Path, medicine_test_fraction: float = 0.05, la
     if missing:
         raise FileNotFoundError(f"--source {source}: missing {', '.join(missing)} (expected the layout of ../shared/data)")
     output.mkdir(parents=True, exist_ok=True)
-    fineval_rows, fineval_leaked = fineval_train(source)
+    fineval_held_out = fineval_test(source)
+    fineval_rows, fineval_leaked = fineval_train(source, fineval_held_out)
     genmed_train, genmed_test = split_by_key(read_json(source / GENMED), question_text, medicine_test_fraction, "genmedgpt")
     law_train, law_test = split_by_key(lawbench(source), question_text, law_test_fraction, "lawbench")
     splits = {
@@ -142,7 +139,7 @@ def prepare(source: Path, output: Path, medicine_test_fraction: float = 0.05, la
         "gsm8k_test": gsm8k_test(source),
         "gsm8k_mc_train": read_json(source / GSM8K_MC_TRAIN),
         "fineval_en_train": fineval_rows,
-        "fineval_en_test": fineval_test(source),
+        "fineval_en_test": fineval_held_out,
         "genmedgpt_train": genmed_train,
         "genmedgpt_test": genmed_test,
         "lawbench_train": law_train,

@@ -47,7 +47,7 @@ def smollm2_checkpoint() -> Path:
     tokenizer.eos_token = tokenizer.pad_token = END_OF_TURN
     model.config.eos_token_id = model.config.pad_token_id = end_id
     model.generation_config.eos_token_id = model.generation_config.pad_token_id = end_id
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")  # parallel test workers may convert at once
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")  # two processes may convert at once
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     if (target / "model.safetensors").is_file():  # another process finished first

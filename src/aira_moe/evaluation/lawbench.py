@@ -73,6 +73,11 @@ def first_number(text: str) -> float | None:
     return float(found[0]) if found else None
 
 
+def same_amount(reply: str, gold: str) -> bool:
+    predicted = first_number(reply)
+    return predicted is not None and predicted == first_number(gold)
+
+
 def article_numbers(text: str) -> set[str]:
     return set(re.findall(r"第(\d+)条", text))
 
@@ -90,7 +95,7 @@ def item_scorer(task: str, golds: list[str]) -> tuple[str, Callable[[str, str], 
     if task in ARTICLES:
         return "f1", lambda reply, gold: f1(article_numbers(reply), article_numbers(gold))
     if task in AMOUNT:
-        return "accuracy", lambda reply, gold: float(first_number(reply) is not None and first_number(reply) == first_number(gold))
+        return "accuracy", lambda reply, gold: float(same_amount(reply, gold))
     raise ValueError(f"LawBench task {task!r} is not scored; scored tasks: {', '.join(SCORED_TASKS)}")
 
 
