@@ -45,6 +45,7 @@ def best_settings(losses) -> dict[tuple[str, str], dict]:
                 "std": statistics.stdev(values) if len(values) > 1 else None,
                 "seeds": len(values),
                 "edge": len(grid) > 1 and lr in (grid[0], grid[-1]),
+                "grid": grid,
             }
     return best
 

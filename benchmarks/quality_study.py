@@ -34,7 +34,10 @@ DOMAINS = {
 # 10 * sum(d_in + d_out) = 101,760 per block; aira_moe 2 A x 3 B at r=4 has 8 * sum(d_in) +
 # 12 * sum(d_out) = 102,144. `lora_cola_lr` is the rank-4 LoRA that `fully` provably equals, with
 # A and B learning rates x2 and x3 (SPEC section 1): lr x2 and LoRA+ ratio 1.5.
-AIRA = {"finetuning_type": "aira_moe", "lora_rank": 4, "lora_alpha": 8, "num_A": 2, "num_B": 3, "collaboration": "fully"}
+# The aira_moe methods run their matmuls in fp32 as the LoRA baselines do (and as the first runs of
+# this study did, before bf16 became the default); `aira_basic_bf16` checks that bf16 changes nothing.
+AIRA = {"finetuning_type": "aira_moe", "lora_rank": 4, "lora_alpha": 8, "num_A": 2, "num_B": 3, "collaboration": "fully",
+        "adapter_compute_dtype": "parameter"}
 FULL = {
     "use_activation_aware": True,
     "activation_aware_mode": "inps",
@@ -53,6 +56,7 @@ METHODS: dict[str, tuple[dict, float]] = {  # settings, learning-rate multiplier
     "aira_standard": ({**AIRA, "use_activation_aware": True, "activation_aware_mode": "inps"}, 1.0),
     "aira_full": ({**AIRA, **FULL}, 1.0),
     "aira_full_learned": ({**AIRA, **FULL, "collaboration": "learned"}, 1.0),
+    "aira_basic_bf16": ({**AIRA, "adapter_compute_dtype": "input"}, 1.0),
 }
 
 
@@ -120,11 +124,26 @@ def train_once(key: str, config: dict, gpu: str, workdir: Path) -> dict:
     return record
 
 
-def best_rates(results: Path) -> dict[tuple[str, str], float]:
-    """(domain, method) -> the learning rate with the lowest mean held-out loss in `results`."""
+def best_rates(results: Path) -> dict[tuple[str, str], list[float]]:
+    """(domain, method) -> [the learning rate with the lowest mean held-out loss in `results`]."""
     from quality_report import best_settings, load
 
-    return {key: entry["lr"] for key, entry in best_settings(load(results)).items()}
+    return {key: [entry["lr"]] for key, entry in best_settings(load(results)).items()}
+
+
+def edge_extensions(results: Path) -> dict[tuple[str, str], list[float]]:
+    """(domain, method) -> [the next rate beyond the grid] where the best rate sits at the grid's edge.
+
+    The step is the grid's own ratio, so a x4 grid grows by x4 (or /4) on the side of the best rate.
+    """
+    from quality_report import best_settings, load
+
+    extensions = {}
+    for key, entry in best_settings(load(results)).items():
+        grid, lr = entry["grid"], entry["lr"]
+        if entry["edge"]:
+            extensions[key] = [lr * grid[1] / grid[0] if lr == grid[-1] else lr * grid[0] / grid[1]]
+    return extensions
 
 
 def main() -> None:
@@ -136,6 +155,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--lrs", default="1e-4,4e-4,1.6e-3")
     parser.add_argument("--best-of", type=Path, help="Instead of --lrs: each domain and method at its best rate in this results file (for more seeds).")
+    parser.add_argument("--extend-edges", type=Path, help="Instead of --lrs: one rate beyond the grid for each domain and method whose best rate in this results file is at the grid's edge.")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--gpus", default="0")
@@ -148,13 +168,12 @@ def main() -> None:
     if args.results.is_file():
         done = {json.loads(line)["key"] for line in args.results.read_text().splitlines() if line.strip()}
     grid = [float(x) for x in args.lrs.split(",")]
-    best_lr = best_rates(args.best_of) if args.best_of else {}
+    chosen = best_rates(args.best_of) if args.best_of else edge_extensions(args.extend_edges) if args.extend_edges else None
     jobs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for domain in args.domains.split(","):
             for method in args.methods.split(","):
-                rates = grid if not args.best_of else [best_lr[(domain, method)]] if (domain, method) in best_lr else []
-                for lr in rates:
+                for lr in grid if chosen is None else chosen.get((domain, method), []):
                     key = run_key(domain, method, lr, seed)
                     if key not in done:
                         output = args.workdir / "runs" / key.replace("/", "_")

@@ -36,10 +36,12 @@ SHAPES = {
                   num_key_value_heads=2, vocab_size=256, tie_word_embeddings=True),
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# variant -> (method, num_A, num_B, extra config); rank 8 everywhere except `full` (budget 128)
+# variant -> (method, num_A, num_B, extra config); rank 8 everywhere except `full` (budget 128);
+# aira_moe runs its matmuls in bf16 with fp32 masters unless the variant says `parameter` (fp32, as LoRA)
 VARIANTS = {
     "lora": ("lora", 1, 1, {}),
     "basic_2x3": ("aira", 2, 3, {}),
+    "basic_2x3_fp32": ("aira", 2, 3, {"adapter_compute_dtype": "parameter"}),
     "basic_4x4": ("aira", 4, 4, {}),
     "learned_2x3": ("aira", 2, 3, {"collaboration": "learned"}),
     "standard_2x3": ("aira", 2, 3, {"use_activation_aware": True}),
@@ -52,8 +54,9 @@ VARIANTS = {
 def naive_adapter_output(self: AiraMoeLinear, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
     """CoLA's published forward: a Python double loop over every (A_i, B_j) pair (comparison only)."""
     r, num_A, num_B = self.r[adapter_name], self.num_A[adapter_name], self.num_B[adapter_name]
-    A, B, omega = self.aira_A[adapter_name], self.aira_B[adapter_name], self.omega(adapter_name)
-    x = self._cast_input_dtype(self.aira_dropout[adapter_name](x), A.dtype)
+    x = self._cast_input_dtype(self.aira_dropout[adapter_name](x), self.matmul_dtype(x, adapter_name))
+    A, B = self.aira_A[adapter_name].to(x.dtype), self.aira_B[adapter_name].to(x.dtype)
+    omega = self.omega(adapter_name).to(x.dtype)
     out = 0
     for j in range(num_B):
         for i in range(num_A):
@@ -132,6 +135,22 @@ def measure(model, naive: bool, batch: int, seq: int, steps: int, warmup: int, c
     }
 
 
+def measure_variant(shape: str, variant: str, device: torch.device, dtype: torch.dtype, batch: int,
+                    args: argparse.Namespace, checkpointing: bool) -> dict:
+    """One variant at one batch size on a fresh model; `out_of_memory` instead of numbers when it does not fit."""
+    torch.manual_seed(0)
+    model = None
+    try:
+        model, naive = build(shape, variant, device, dtype)
+        return measure(model, naive, batch, args.seq, args.steps, args.warmup, checkpointing, device)
+    except torch.cuda.OutOfMemoryError:
+        return {"out_of_memory": True}
+    finally:
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def one_time_costs(
     shape: str, device: torch.device, dtype: torch.dtype, batches: int, batch: int, seq: int, budget: int
 ) -> dict:
@@ -176,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="llama-3.2-3b,llama-3.1-8b")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--checkpointing", default="off,on", help="off, on, or both (off,on)")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", default="8", help="batch sizes, ascending (e.g. 8,16,32): larger ones are skipped "
+                        "after the first that runs out of memory, so the last record that fits is the largest batch")
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -187,8 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.models, args.batch, args.seq, args.steps, args.warmup = "smoke", 2, 32, 2, 1
+        args.models, args.batch, args.seq, args.steps, args.warmup = "smoke", "1,2", 32, 2, 1
         args.init_costs, args.calibration_batches, args.budget = "smoke", 2, 8
+    batches = [int(b) for b in args.batch.split(",")]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     import peft
@@ -209,24 +230,21 @@ def main(argv: list[str] | None = None) -> None:
         args.output.write_text(json.dumps(result, indent=2))
 
     for shape in filter(None, args.init_costs.split(",")):
-        save("one_time_costs", one_time_costs(shape, device, dtype, args.calibration_batches, args.batch, args.seq,
+        save("one_time_costs", one_time_costs(shape, device, dtype, args.calibration_batches, batches[0], args.seq,
                                               args.budget))
         if device.type == "cuda":
             torch.cuda.empty_cache()
     for shape in filter(None, args.models.split(",")):
         for checkpointing in args.checkpointing.split(","):
             for variant in args.variants.split(","):
-                torch.manual_seed(0)
-                model, naive = build(shape, variant, device, dtype)
-                method, num_A, num_B, _ = VARIANTS[variant]
-                record = {"model": shape, "variant": variant, "num_A": num_A, "num_B": num_B,
-                          "gradient_checkpointing": checkpointing == "on", "batch": args.batch, "seq": args.seq}
-                record.update(measure(model, naive, args.batch, args.seq, args.steps, args.warmup,
-                                      checkpointing == "on", device))
-                save("records", record)
-                del model
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                for batch in batches:
+                    record = {"model": shape, "variant": variant, "num_A": VARIANTS[variant][1],
+                              "num_B": VARIANTS[variant][2], "gradient_checkpointing": checkpointing == "on",
+                              "batch": batch, "seq": args.seq}
+                    record.update(measure_variant(shape, variant, device, dtype, batch, args, checkpointing == "on"))
+                    save("records", record)
+                    if record.get("out_of_memory"):
+                        break
 
 
 if __name__ == "__main__":

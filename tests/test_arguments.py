@@ -67,6 +67,7 @@ BAD_INPUT = [
     ({"theta_type": "owl"}, ValueError, r"`theta_type` must be one of lod, uniform; got 'owl'"),
     ({"objective_function": "linear"}, ValueError, r"`objective_function` must be one of log; got 'linear'"),
     ({"activation_aware_mode": "both"}, ValueError, r"`activation_aware_mode` must be one of inps, outps; got 'both'"),
+    ({"adapter_compute_dtype": "bf16"}, ValueError, r"`adapter_compute_dtype` must be one of input, parameter; got 'bf16'"),
     ({"min_rank": 0}, ValueError, r"`min_rank` must be an integer >= 1, got 0"),
     ({"min_rank": 8, "max_rank": 4}, ValueError, r"`min_rank` \(8\) must not exceed `max_rank` \(4\)"),
     ({"lod_threshold_M": 0}, ValueError, r"`lod_threshold_M` must be a number > 0, got 0"),

@@ -181,3 +181,29 @@ def test_rank_pattern_sets_per_module_ranks():
 def test_non_linear_target_is_refused():
     with pytest.raises(TypeError, match="embed_tokens.*Embedding"):
         get_peft_model(tiny_llama(), AiraMoeConfig(target_modules=["embed_tokens"]))
+
+
+@pytest.mark.parametrize("compute_dtype,matmul_dtype", [("input", torch.bfloat16), ("parameter", torch.float32)])
+def test_adapter_compute_dtype_on_a_bf16_model_with_fp32_masters(compute_dtype, matmul_dtype, monkeypatch):
+    """LLaMA-Factory's mixed setting: bf16 base and activations, fp32 trainable weights.
+
+    `input` runs the adapter's matmuls in bf16 yet keeps fp32 weights and fp32 gradients on them;
+    both settings compute the same update up to bf16 rounding.
+    """
+    model = adapted("fully", 2, 3, init_weights=False, adapter_compute_dtype=compute_dtype)
+    layer = next(m for m in aira_layers(model) if m.in_features == 32)
+    layer.get_base_layer().to(torch.bfloat16)
+    x = torch.randn(3, 5, 32, dtype=torch.bfloat16)
+    linear, operand_dtypes = torch.nn.functional.linear, set()
+
+    def recording_linear(inp, weight, *args):
+        operand_dtypes.add((inp.dtype, weight.dtype))
+        return linear(inp, weight, *args)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
+    out = layer.adapter_output(x, "default")
+    assert operand_dtypes == {(matmul_dtype, matmul_dtype)}
+    out.float().sum().backward()
+    A = layer.aira_A["default"]
+    assert A.dtype == torch.float32 and A.grad is not None and A.grad.dtype == torch.float32
+    torch.testing.assert_close(out.float(), reference_delta(layer, x.float()).detach(), rtol=0.05, atol=0.05)

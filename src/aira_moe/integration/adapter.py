@@ -47,6 +47,7 @@ def build_config(model: "PreTrainedModel", finetuning_args: "FinetuningArguments
         use_activation_aware=finetuning_args.use_activation_aware,
         use_awsvd_init=finetuning_args.use_awsvd_init,
         activation_aware_mode=finetuning_args.activation_aware_mode,
+        adapter_compute_dtype=finetuning_args.adapter_compute_dtype,
         target_modules=targets,
         modules_to_save=finetuning_args.additional_target,
     )

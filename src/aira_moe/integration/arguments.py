@@ -15,6 +15,7 @@ from llamafactory.hparams.finetuning_args import FinetuningArguments
 from ..tuner.config import (
     ACTIVATION_AWARE_MODES,
     COLLABORATIONS,
+    COMPUTE_DTYPES,
     check_choice,
     check_collaboration,
     check_int_at_least,
@@ -82,6 +83,13 @@ class AiraMoeArguments:
     activation_normalize: bool = field(
         default=True, metadata={"help": "Clip activation weights to [0.1, 10] and rescale them to mean 1."}
     )
+    adapter_compute_dtype: Literal["input", "parameter"] = field(
+        default="input",
+        metadata={
+            "help": "Dtype of the adapter's matmuls: `input` (the activations' dtype, bf16 under `bf16: true`, with "
+            "fp32 master weights) or `parameter` (fp32, as LLaMA-Factory's LoRA computes)."
+        },
+    )
 
 
 def _check_bool(name: str, value: object) -> None:
@@ -104,6 +112,7 @@ def validate_aira_moe_arguments(args: "AiraMoeFinetuningArguments") -> None:
     check_choice("theta_type", args.theta_type, THETA_TYPES)
     check_choice("objective_function", args.objective_function, OBJECTIVE_FUNCTIONS)
     check_choice("activation_aware_mode", args.activation_aware_mode, ACTIVATION_AWARE_MODES)
+    check_choice("adapter_compute_dtype", args.adapter_compute_dtype, COMPUTE_DTYPES)
     _check_positive_number("lod_threshold_M", args.lod_threshold_M)
     if args.min_rank > args.max_rank:
         raise ValueError(f"`min_rank` ({args.min_rank}) must not exceed `max_rank` ({args.max_rank}).")

@@ -14,6 +14,7 @@ add_peft_type()
 
 COLLABORATIONS = ("fully", "heuristic", "learned")
 ACTIVATION_AWARE_MODES = ("inps", "outps")
+COMPUTE_DTYPES = ("input", "parameter")
 
 Collaboration = Literal["fully", "heuristic", "learned"]
 
@@ -80,6 +81,14 @@ class AiraMoeConfig(PeftConfig):
         default=False,
         metadata={"help": "Layers carry an AwSVD residual P0 (subtracted from W), saved with the adapter (SPEC 4)."},
     )
+    adapter_compute_dtype: str = field(
+        default="input",
+        metadata={
+            "help": "Dtype of the adapter's matmuls: `input` runs them in the activations' dtype (bf16 on a bf16 "
+            "model) while the trainable weights stay in their own dtype (fp32 masters under LLaMA-Factory), as "
+            "autocast does; `parameter` runs them in the weights' dtype, as peft's LoRA does."
+        },
+    )
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Extra modules trained in full and saved with the adapter."}
     )
@@ -95,6 +104,7 @@ class AiraMoeConfig(PeftConfig):
         check_int_at_least("num_B", self.num_B, 1)
         check_collaboration(self.collaboration, self.num_A, self.num_B)
         check_choice("activation_aware_mode", self.activation_aware_mode, ACTIVATION_AWARE_MODES)
+        check_choice("adapter_compute_dtype", self.adapter_compute_dtype, COMPUTE_DTYPES)
         for name, rank in self.rank_pattern.items():
             check_int_at_least(f"rank_pattern[{name!r}]", rank, 1)
         if isinstance(self.target_modules, list):

@@ -46,7 +46,7 @@ class AiraMoeLayer(BaseTunerLayer):
     adapter_layer_names = ("aira_A", "aira_B", "aira_omega")
     other_param_names = (
         "r", "scaling", "num_A", "num_B", "collaboration", "aira_dropout", "aira_mix", "aira_w_in", "aira_w_out",
-        "aira_res_left", "aira_res_right",
+        "aira_res_left", "aira_res_right", "compute_dtype",
     )
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
@@ -67,6 +67,7 @@ class AiraMoeLayer(BaseTunerLayer):
         self.num_A: dict[str, int] = {}
         self.num_B: dict[str, int] = {}
         self.collaboration: dict[str, str] = {}
+        self.compute_dtype: dict[str, str] = {}
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         base = self.get_base_layer()
@@ -94,8 +95,10 @@ class AiraMoeLayer(BaseTunerLayer):
         inference_mode: bool = False,
         activation_aware_mode: Optional[str] = None,
         awsvd_residual: bool = False,
+        compute_dtype: str = "input",
     ) -> None:
         self.r[adapter_name] = r
+        self.compute_dtype[adapter_name] = compute_dtype
         self.num_A[adapter_name] = num_A
         self.num_B[adapter_name] = num_B
         self.collaboration[adapter_name] = collaboration
@@ -283,16 +286,25 @@ class Linear(nn.Module, AiraMoeLayer):
             if adapter_name in self.aira_A:
                 self.add_to_base_weight(-self.get_delta_weight(adapter_name))
 
+    def matmul_dtype(self, x: torch.Tensor, adapter_name: str) -> torch.dtype:
+        """The dtype the adapter's matmuls run in for input `x` (see `adapter_compute_dtype`)."""
+        return x.dtype if self.compute_dtype[adapter_name] == "input" else self.aira_A[adapter_name].dtype
+
     def adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """Δy = s · w_out ⊙ B (Ω ⊗ I_r) A (w_in ⊙ dropout(x)): A GEMM, an (N x M) mix per token, B GEMM."""
-        A = self.aira_A[adapter_name]
+        """Δy = s · w_out ⊙ B (Ω ⊗ I_r) A (w_in ⊙ dropout(x)): A GEMM, an (N x M) mix per token, B GEMM.
+
+        In `input` compute dtype the weights are cast to the activations' dtype, not the other way:
+        casting a bf16 activation to fp32 copies it at twice its size and keeps that copy for the
+        backward pass, while the weights are small and their gradients still reach the fp32 masters.
+        """
+        A, B = self.aira_A[adapter_name], self.aira_B[adapter_name]
         r, num_A = self.r[adapter_name], self.num_A[adapter_name]
-        x = self._cast_input_dtype(self.aira_dropout[adapter_name](x), A.dtype)
+        x = self._cast_input_dtype(self.aira_dropout[adapter_name](x), self.matmul_dtype(x, adapter_name))
         if adapter_name in self.aira_w_in:
             x = x * self.aira_w_in[adapter_name].to(x.dtype)
-        h = F.linear(x, A).unflatten(-1, (num_A, r))
+        h = F.linear(x, A.to(x.dtype)).unflatten(-1, (num_A, r))
         mixed = torch.matmul(self.omega(adapter_name).to(h.dtype), h)
-        out = F.linear(mixed.flatten(-2), self.aira_B[adapter_name]) * self.scaling[adapter_name]
+        out = F.linear(mixed.flatten(-2), B.to(h.dtype)) * self.scaling[adapter_name]
         if adapter_name in self.aira_w_out:
             out = out * self.aira_w_out[adapter_name].to(out.dtype)
         return out

@@ -45,6 +45,7 @@ class AiraMoeModel(BaseTuner):
             "inference_mode": config.inference_mode,
             "activation_aware_mode": config.activation_aware_mode if config.use_activation_aware else None,
             "awsvd_residual": config.use_awsvd_init,
+            "compute_dtype": config.adapter_compute_dtype,
         }
         if isinstance(target, AiraMoeLayer):
             target.update_layer(adapter_name, **kwargs)
