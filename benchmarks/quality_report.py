@@ -9,13 +9,13 @@ edge of the grid (the sweep may not have found the method's optimum).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from quality_study import DOMAINS, METHODS
+from report_cli import run_report
 
 
 def load(path: Path) -> dict[tuple[str, str, float], list[float]]:
@@ -91,15 +91,7 @@ def plot(best, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path)
-    parser.add_argument("--plot", type=Path)
-    args = parser.parse_args()
-    best = best_settings(load(args.results))
-    print(markdown_table(best))
-    if args.plot:
-        plot(best, args.plot)
-
+    run_report(__doc__, lambda path: best_settings(load(path)), markdown_table, plot)
 
 if __name__ == "__main__":
     main()

@@ -37,7 +37,9 @@ SHAPES = {
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # variant -> (method, num_A, num_B, extra config); rank 8 everywhere except `full` (budget 128);
-# aira_moe runs its matmuls in bf16 with fp32 masters unless the variant says `parameter` (fp32, as LoRA)
+# aira_moe runs its matmuls in bf16 with fp32 masters unless the variant says `parameter` (fp32, as LoRA);
+# `frozen_base` has no adapter (the backward still runs through every block, as the input requires
+# gradients): the floor no adapter can go below, so LoRA's time over it bounds any speed-up over LoRA.
 VARIANTS = {
     "lora": ("lora", 1, 1, {}),
     "basic_2x3": ("aira", 2, 3, {}),
@@ -48,6 +50,7 @@ VARIANTS = {
     "full_2x3_budget128": ("aira", 2, 3, {"use_activation_aware": True, "use_awsvd_init": True, "budget": 128}),
     "naive_2x3": ("naive", 2, 3, {}),
     "naive_4x4": ("naive", 4, 4, {}),
+    "frozen_base": ("none", 0, 0, {}),
 }
 
 
@@ -80,6 +83,10 @@ def build(shape: str, variant: str, device: torch.device, dtype: torch.dtype):
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096)
     with torch.device(device):
         base = LlamaForCausalLM(config).to(dtype)
+    if method == "none":
+        base.requires_grad_(False)
+        base.enable_input_require_grads()
+        return base, False
     if method == "lora":
         peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, task_type="CAUSAL_LM")
     else:
@@ -102,13 +109,15 @@ def build(shape: str, variant: str, device: torch.device, dtype: torch.dtype):
     return model, method == "naive"
 
 
-def measure(model, naive: bool, batch: int, seq: int, steps: int, warmup: int, checkpointing: bool, device) -> dict:
+def measure(model, naive: bool, batch: int, seq: int, steps: int, warmup: int, checkpointing: bool, device,
+            autocast: bool = False) -> dict:
     vocab = model.config.vocab_size
     tokens = torch.randint(0, vocab, (batch, seq), device=device)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable or [torch.zeros(1, requires_grad=True)], lr=1e-5)
     cuda = device.type == "cuda"
     with naive_forward(naive):
         for step in range(warmup + steps):
@@ -117,7 +126,8 @@ def measure(model, naive: bool, batch: int, seq: int, steps: int, warmup: int, c
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                 started = time.perf_counter()
-            loss = model(input_ids=tokens, labels=tokens).loss
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = model(input_ids=tokens, labels=tokens).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -142,7 +152,7 @@ def measure_variant(shape: str, variant: str, device: torch.device, dtype: torch
     model = None
     try:
         model, naive = build(shape, variant, device, dtype)
-        return measure(model, naive, batch, args.seq, args.steps, args.warmup, checkpointing, device)
+        return measure(model, naive, batch, args.seq, args.steps, args.warmup, checkpointing, device, args.autocast)
     except torch.cuda.OutOfMemoryError:
         return {"out_of_memory": True}
     finally:
@@ -203,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init-costs", default="", help="model shapes whose one-time costs to time (e.g. llama-3.1-8b)")
     parser.add_argument("--calibration-batches", type=int, default=100)
     parser.add_argument("--budget", type=int, default=128, help="rank budget of the one-time allocation")
+    parser.add_argument("--autocast", action="store_true", help="run forward and loss under bf16 autocast, as the "
+                        "HF Trainer (hence LLaMA-Factory) does with `bf16: true`; adapter matmuls then run in bf16 for every variant")
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU: checks the output, not speed")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -240,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
                 for batch in batches:
                     record = {"model": shape, "variant": variant, "num_A": VARIANTS[variant][1],
                               "num_B": VARIANTS[variant][2], "gradient_checkpointing": checkpointing == "on",
-                              "batch": batch, "seq": args.seq}
+                              "batch": batch, "seq": args.seq, "autocast": args.autocast}
                     record.update(measure_variant(shape, variant, device, dtype, batch, args, checkpointing == "on"))
                     save("records", record)
                     if record.get("out_of_memory"):

@@ -1,4 +1,4 @@
-"""The speed benchmark's CPU smoke mode: the records are well formed (never a speed check)."""
+"""The benchmarks' CPU-side checks: speed.py's smoke mode (records well formed, never speed) and the report helpers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -31,3 +32,52 @@ def test_speed_benchmark_smoke_mode(tmp_path):
     assert by_variant["basic_2x3_fp32"]["final_loss"] == by_variant["basic_2x3"]["final_loss"]
     costs = report["one_time_costs"][0]
     assert sum(costs["ranks"]) == 8 and costs["calibration_s"] >= 0  # the smoke budget
+
+
+def test_speed_benchmark_autocast_smoke(tmp_path):
+    output = tmp_path / "speed.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--smoke", "--autocast", "--variants",
+               "lora,basic_2x3,frozen_base", "--checkpointing", "off", "--output", str(output)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = json.loads(output.read_text())["records"]
+    assert all(r["autocast"] for r in records)
+    assert {r["trainable_params"] for r in records if r["variant"] == "frozen_base"} == {0}
+
+
+def _quality_record(key: str, eval_loss: float) -> str:
+    return json.dumps({"key": key, "returncode": 0, "eval_loss": eval_loss})
+
+
+def test_quality_study_extends_the_grid_beyond_an_edge_optimum(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from quality_study import best_rates, edge_extensions
+
+    results = tmp_path / "results.jsonl"
+    losses = {  # gsm8k/lora best at the top, fineval/lora best at the bottom, medicine/lora inside
+        ("gsm8k", 1e-4): 0.9, ("gsm8k", 4e-4): 0.8, ("gsm8k", 1.6e-3): 0.7,
+        ("fineval", 1e-4): 0.2, ("fineval", 4e-4): 0.3, ("fineval", 1.6e-3): 0.4,
+        ("medicine", 1e-4): 1.5, ("medicine", 4e-4): 1.3, ("medicine", 1.6e-3): 1.4,
+    }
+    results.write_text("\n".join(_quality_record(f"{d}/lora/lr{lr:g}/seed0", v) for (d, lr), v in losses.items()))
+    extensions = edge_extensions(results)
+    assert extensions.keys() == {("gsm8k", "lora"), ("fineval", "lora")}
+    assert extensions[("gsm8k", "lora")][0] == pytest.approx(6.4e-3)
+    assert extensions[("fineval", "lora")][0] == pytest.approx(2.5e-5)
+    assert best_rates(results)[("medicine", "lora")] == [4e-4]
+
+
+def test_e2e_report_ratios_and_curve_gaps(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from e2e_report import load, markdown_table
+
+    results = tmp_path / "e2e.jsonl"
+    rows = []
+    for suffix in ("nogc", "gc"):
+        for name, speed, shift in (("lora", 10.0, 1.0), ("aira", 12.5, 0.0), ("aira_fp32", 11.0, 0.002)):
+            curve = [[5, 3.0 + shift], [10, 2.0 + shift]]
+            rows.append(json.dumps({"run": f"{name}_{suffix}", "train_samples_per_second": speed, "loss_curve": curve}))
+    results.write_text("\n".join(rows))
+    table = markdown_table(load(results)).splitlines()
+    assert "| off | aira | 12.50 | 1.250 | 2.0000 | 0.0000 |" in table
+    assert "| on | aira_fp32 | 11.00 | 1.100 | 2.0020 | 0.0020 |" in table
