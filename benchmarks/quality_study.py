@@ -18,6 +18,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,8 @@ DOMAINS = {
     "medicine": ("genmedgpt_train", "genmedgpt_test"),
     "law": ("lawbench_train", "lawbench_test"),
 }
+# `aira-moe eval` tasks scored per domain with --score (the issue's task scores beside held-out loss)
+SCORE_TASKS = {"gsm8k": ("gsm8k_mc", "gsm8k"), "fineval": ("fineval",), "medicine": ("medicine",), "law": ("lawbench",)}
 # Equal trainable parameters on SmolLM2-135M (all 7 linear layers of 30 blocks): LoRA r=10 has
 # 10 * sum(d_in + d_out) = 101,760 per block; aira_moe 2 A x 3 B at r=4 has 8 * sum(d_in) +
 # 12 * sum(d_out) = 102,144. `lora_cola_lr` is the rank-4 LoRA that `fully` provably equals, with
@@ -98,13 +101,44 @@ def run_key(domain: str, method: str, lr: float, seed: int) -> str:
     return f"{domain}/{method}/lr{lr:g}/seed{seed}"
 
 
+def gpu_env(gpu: str) -> dict[str, str]:
+    """The environment of one run pinned to one GPU (no torchrun relaunch)."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": "2"}
+    env.pop("FORCE_TORCHRUN", None)
+    return env
+
+
+def score_adapter(domain: str, config: dict, gpu: str, workdir: Path, scoring: argparse.Namespace) -> dict[str, dict]:
+    """The domain's task scores of the adapter a run saved, by `aira-moe eval` with the training template.
+
+    Multiple-choice tasks are scored in full; generative ones on a seeded sample of `--score-limit`.
+    """
+    from aira_moe.evaluation.registry import TASKS
+    from aira_moe.evaluation.tasks import summary
+
+    scores = {}
+    for task in SCORE_TASKS[domain]:
+        output = workdir / f"{Path(config['output_dir']).name}_{task}.json"
+        command = [sys.executable, "-m", "aira_moe.cli", "eval", "--model", config["model_name_or_path"],
+                   "--adapter", config["output_dir"], "--task", task, "--template", config["template"],
+                   "--data-dir", config["dataset_dir"], "--source", str(scoring.source), "--batch-size", "32",
+                   "--output", str(output)]
+        if TASKS[task].kind == "generate":
+            command += ["--limit", str(scoring.score_limit)]
+        result = subprocess.run(command, env=gpu_env(gpu), capture_output=True, text=True)
+        if result.returncode != 0:
+            scores[task] = {"error": (result.stdout + result.stderr)[-1500:]}
+            continue
+        scores[task] = summary(json.loads(output.read_text())["metrics"])
+    return scores
+
+
 def train_once(key: str, config: dict, gpu: str, workdir: Path) -> dict:
     """One `llamafactory-cli train` on one GPU; the record holds eval/train loss, parameters and time."""
     name = key.replace("/", "_")
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(json.dumps(config))  # JSON is YAML
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": "2"}
-    env.pop("FORCE_TORCHRUN", None)
+    env = gpu_env(gpu)
     started = time.time()
     result = subprocess.run(["llamafactory-cli", "train", str(config_path)], env=env, capture_output=True, text=True)
     log = result.stdout + result.stderr
@@ -163,6 +197,10 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=None, help="Start no run after this many seconds.")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/quality"))
     parser.add_argument("--override", type=json.loads, default={}, help="JSON merged into every config (CPU smoke runs).")
+    parser.add_argument("--score", action="store_true", help="Also score each trained adapter on its domain's tasks (SCORE_TASKS).")
+    parser.add_argument("--score-limit", type=int, default=300, help="Items of each generative task scored (seeded sample).")
+    parser.add_argument("--source", type=Path, default=Path(os.environ.get("AIRA_MOE_SOURCE", "../shared/data")),
+                        help="Raw benchmark folder for the multiple-choice tasks (layout of ../shared/data).")
     args = parser.parse_args()
     done = set()
     if args.results.is_file():
@@ -194,6 +232,8 @@ def main() -> None:
         gpu = slots.get()
         try:
             record = train_once(key, config, gpu, args.workdir)
+            if args.score and record["returncode"] == 0:
+                record["scores"] = score_adapter(key.split("/")[0], config, gpu, args.workdir, args)
         finally:
             slots.put(gpu)
         with lock:

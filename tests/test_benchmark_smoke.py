@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import BIN, REPO, SHARED_DATA
 
 
 def test_speed_benchmark_smoke_mode(tmp_path):
@@ -81,3 +82,25 @@ def test_e2e_report_ratios_and_curve_gaps(tmp_path, monkeypatch):
     table = markdown_table(load(results)).splitlines()
     assert "| off | aira | 12.50 | 1.250 | 2.0000 | 0.0000 |" in table
     assert "| on | aira_fp32 | 11.00 | 1.100 | 2.0020 | 0.0020 |" in table
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data not found at {SHARED_DATA}")
+def test_quality_study_trains_and_scores_a_run_on_cpu(tmp_path, tiny_model_dir, prepared_data):
+    """One study run through the stock `llamafactory-cli train` (2 steps, tiny model) scored by `aira-moe eval`."""
+    results = tmp_path / "quality.jsonl"
+    override = {"bf16": False, "max_samples": 16, "per_device_train_batch_size": 2, "per_device_eval_batch_size": 4,
+                "cutoff_len": 128, "preprocessing_num_workers": 1}
+    command = [sys.executable, str(REPO / "benchmarks" / "quality_study.py"), "--model", str(tiny_model_dir),
+               "--data-dir", str(prepared_data), "--results", str(results), "--domains", "medicine",
+               "--methods", "aira_basic", "--lrs", "1e-3", "--steps", "2", "--per-gpu", "1",
+               "--override", json.dumps(override), "--score", "--score-limit", "2", "--source", str(SHARED_DATA),
+               "--workdir", str(tmp_path / "work")]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert record["key"] == "medicine/aira_basic/lr0.001/seed0" and record["returncode"] == 0, record.get("error")
+    assert record["eval_loss"] > 0 and record["trainable_params"] > 0
+    scores = record["scores"]["medicine"]
+    assert scores["n"] == 2 and 0 <= scores["rouge_l"] <= 100, scores
