@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-from conftest import BIN, REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA
 
 
 def test_speed_benchmark_smoke_mode(tmp_path):
@@ -86,21 +86,21 @@ def test_e2e_report_ratios_and_curve_gaps(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data not found at {SHARED_DATA}")
-def test_quality_study_trains_and_scores_a_run_on_cpu(tmp_path, tiny_model_dir, prepared_data):
-    """One study run through the stock `llamafactory-cli train` (2 steps, tiny model) scored by `aira-moe eval`."""
-    results = tmp_path / "quality.jsonl"
-    override = {"bf16": False, "max_samples": 16, "per_device_train_batch_size": 2, "per_device_eval_batch_size": 4,
-                "cutoff_len": 128, "preprocessing_num_workers": 1}
-    command = [sys.executable, str(REPO / "benchmarks" / "quality_study.py"), "--model", str(tiny_model_dir),
-               "--data-dir", str(prepared_data), "--results", str(results), "--domains", "medicine",
-               "--methods", "aira_basic", "--lrs", "1e-3", "--steps", "2", "--per-gpu", "1",
-               "--override", json.dumps(override), "--score", "--score-limit", "2", "--source", str(SHARED_DATA),
-               "--workdir", str(tmp_path / "work")]
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
-    assert record["key"] == "medicine/aira_basic/lr0.001/seed0" and record["returncode"] == 0, record.get("error")
-    assert record["eval_loss"] > 0 and record["trainable_params"] > 0
-    scores = record["scores"]["medicine"]
+def test_quality_study_scores_a_saved_adapter_on_its_domains_tasks(tmp_path, tiny_model_dir, prepared_data, monkeypatch):
+    """--score: `aira-moe eval` on the adapter a run saved, with the run's template and data; headline numbers kept."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from aira_moe import AiraMoeConfig
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from quality_study import score_adapter
+
+    adapter = tmp_path / "run"
+    config = AiraMoeConfig(r=4, num_A=2, num_B=3, target_modules=["q_proj", "v_proj"])
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config).save_pretrained(adapter)
+    run = {"model_name_or_path": str(tiny_model_dir), "output_dir": str(adapter), "template": "chatml",
+           "dataset_dir": str(prepared_data)}
+    scoring = argparse.Namespace(source=SHARED_DATA, score_limit=2)
+    scores = score_adapter("medicine", run, "", tmp_path, scoring)["medicine"]
     assert scores["n"] == 2 and 0 <= scores["rouge_l"] <= 100, scores

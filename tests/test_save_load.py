@@ -16,9 +16,10 @@ RELOAD = """
 import torch
 from peft import PeftModel
 from transformers import LlamaForCausalLM
-base = LlamaForCausalLM.from_pretrained({base!r}).eval()
-model = PeftModel.from_pretrained(base, {adapter!r}).eval()
-torch.save(model(torch.load({tokens!r})).logits, {out!r})
+for folder in {folders!r}:
+    base = LlamaForCausalLM.from_pretrained(folder + "/base").eval()
+    model = PeftModel.from_pretrained(base, folder + "/adapter").eval()
+    torch.save(model(torch.load(folder + "/tokens.pt")).logits, folder + "/reloaded.pt")
 """
 
 
@@ -34,17 +35,22 @@ def saved_adapter(tmp_path, tokens, collaboration: str, **kwargs):
     return model(tokens).logits
 
 
+def reload_all(folders: list, env=None) -> list[torch.Tensor]:
+    """Logits of each folder's saved base + adapter, reloaded in one fresh process."""
+    run_python(RELOAD.format(folders=[str(folder) for folder in folders]), env=env)
+    return [torch.load(folder / "reloaded.pt") for folder in folders]
+
+
 def reload_logits(tmp_path, env=None) -> torch.Tensor:
-    code = RELOAD.format(base=str(tmp_path / "base"), adapter=str(tmp_path / "adapter"),
-                         tokens=str(tmp_path / "tokens.pt"), out=str(tmp_path / "reloaded.pt"))
-    run_python(code, env=env)
-    return torch.load(tmp_path / "reloaded.pt")
+    return reload_all([tmp_path], env)[0]
 
 
-@pytest.mark.parametrize("collaboration", ["fully", "heuristic", "learned"])
-def test_reload_in_fresh_process_gives_identical_logits(tmp_path, tokens, collaboration):
-    expected = saved_adapter(tmp_path, tokens, collaboration)
-    torch.testing.assert_close(reload_logits(tmp_path), expected, rtol=0, atol=0)
+def test_reload_in_fresh_process_gives_identical_logits(tmp_path, tokens):
+    collaborations = ["fully", "heuristic", "learned"]
+    expected = [saved_adapter(tmp_path / name, tokens, name) for name in collaborations]
+    reloaded = reload_all([tmp_path / name for name in collaborations])
+    for name, want, got in zip(collaborations, expected, reloaded):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_saved_files_carry_shapes_and_weights(tmp_path, tokens):
@@ -69,7 +75,5 @@ def test_fixed_mix_is_not_saved(tmp_path, tokens):
 def test_without_the_hook_peft_does_not_know_the_type(tmp_path, tokens):
     """The start-up hook is what teaches a plain process `AIRA_MOE`; switched off, loading fails."""
     saved_adapter(tmp_path, tokens, "fully")
-    code = RELOAD.format(base=str(tmp_path / "base"), adapter=str(tmp_path / "adapter"),
-                         tokens=str(tmp_path / "tokens.pt"), out=str(tmp_path / "reloaded.pt"))
     with pytest.raises(AssertionError, match="AIRA_MOE"):
-        run_python(code, env={"AIRA_MOE_DISABLE_HOOK": "1"})
+        reload_logits(tmp_path, env={"AIRA_MOE_DISABLE_HOOK": "1"})

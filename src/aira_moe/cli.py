@@ -15,6 +15,8 @@ def add_demo(commands) -> None:
     )
     demo.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="Where everything is written.")
     demo.add_argument("--epochs", type=float, default=1.0, help="Training epochs over the 240 training questions.")
+    demo.add_argument("--calibration-batches", type=int, default=10, help="Training batches the full mode calibrates on (awsvd_collect_steps).")
+    demo.add_argument("--questions", type=int, default=60, help="Held-out questions scored before and after (1-60).")
 
 
 def add_export(commands) -> None:
@@ -88,9 +90,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "demo":
         if args.epochs <= 0:
             raise SystemExit(f"--epochs must be > 0, got {args.epochs}")
+        if args.calibration_batches < 1:
+            raise SystemExit(f"--calibration-batches must be >= 1, got {args.calibration_batches}")
+        if not 1 <= args.questions <= 60:
+            raise SystemExit(f"--questions must be between 1 and 60 (the held-out split), got {args.questions}")
         from .demo import run_demo
 
-        run_demo(args.output_dir, args.epochs)
+        run_demo(args.output_dir, args.epochs, args.calibration_batches, args.questions)
     elif args.command == "export-lora":
         from .export import export_lora
 

@@ -28,7 +28,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFL
 LETTERS = ("a", "b", "c", "d")
 
 
-def train_config(model_dir: Path, data_dir: Path, output_dir: Path, epochs: float) -> dict:
+def train_config(model_dir: Path, data_dir: Path, output_dir: Path, epochs: float, calibration_batches: int) -> dict:
     """The demo's LLaMA-Factory config: aira_moe full mode (2 A x 3 B, activation-aware weighting,
     layer-wise ranks averaging 8 over the 30 blocks, AwSVD) on every linear layer."""
     return {
@@ -48,7 +48,7 @@ def train_config(model_dir: Path, data_dir: Path, output_dir: Path, epochs: floa
         "min_rank": 4,
         "max_rank": 16,
         "use_awsvd_init": True,
-        "awsvd_collect_steps": 10,
+        "awsvd_collect_steps": calibration_batches,
         "dataset": TRAIN_NAME,
         "dataset_dir": str(data_dir),
         "template": "chatml",
@@ -99,17 +99,20 @@ def llamafactory_cli(command: str, config: dict, config_path: Path) -> None:
     subprocess.run([str(cli), command, str(config_path)], check=True, env={**os.environ, **OFFLINE})
 
 
-def run_demo(output_dir: Path, epochs: float) -> dict:
-    """Score, train, export, score again; write `demo_results.json` and return it."""
+def run_demo(output_dir: Path, epochs: float, calibration_batches: int = 10, questions: int = 60) -> dict:
+    """Score, train, export, score again; write `demo_results.json` and return it.
+
+    `questions` scores only the first held-out questions (a quicker look, same split).
+    """
     os.environ.update(OFFLINE)
     started = time.time()
     model_dir = smollm2_checkpoint()
     data_dir = output_dir / "data"
     write_medmcqa(data_dir)
-    held_out = json.loads((data_dir / f"{TEST_NAME}.json").read_text(encoding="utf-8"))
+    held_out = json.loads((data_dir / f"{TEST_NAME}.json").read_text(encoding="utf-8"))[:questions]
     before = score(model_dir, held_out, "scoring base model")
     adapter_dir, merged_dir = output_dir / "adapter", output_dir / "merged"
-    llamafactory_cli("train", train_config(model_dir, data_dir, adapter_dir, epochs), output_dir / "train.yaml")
+    llamafactory_cli("train", train_config(model_dir, data_dir, adapter_dir, epochs, calibration_batches), output_dir / "train.yaml")
     export = {
         "model_name_or_path": str(model_dir),
         "adapter_name_or_path": str(adapter_dir),
