@@ -104,3 +104,12 @@ def test_quality_study_scores_a_saved_adapter_on_its_domains_tasks(tmp_path, tin
     scoring = argparse.Namespace(source=SHARED_DATA, score_limit=2)
     scores = score_adapter("medicine", run, "", tmp_path, scoring)["medicine"]
     assert scores["n"] == 2 and 0 <= scores["rouge_l"] <= 100, scores
+
+
+def test_speed_shapes_take_another_vocabulary(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from speed import SHAPES, model_config
+
+    assert model_config("llama-3.2-3b").vocab_size == SHAPES["llama-3.2-3b"]["vocab_size"] == 128256
+    config = model_config("llama-3.2-3b:49152")
+    assert config.vocab_size == 49152 and config.hidden_size == 3072
