@@ -54,5 +54,6 @@ def plot(runs: dict[str, dict], path: Path) -> None:
 def main() -> None:
     run_report(__doc__, load, markdown_table, plot)
 
+
 if __name__ == "__main__":
     main()

@@ -93,5 +93,6 @@ def plot(best, path: Path) -> None:
 def main() -> None:
     run_report(__doc__, lambda path: best_settings(load(path)), markdown_table, plot)
 
+
 if __name__ == "__main__":
     main()
