@@ -116,8 +116,29 @@ def build(shape: str, variant: str, device: torch.device, dtype: torch.dtype):
     return model, method == "naive"
 
 
+def profile_step(step, top: int) -> dict:
+    """Where one step's time goes: the GPU's busy time against the step's wall time (a gap means the
+    step waits on the CPU launching kernels) and the operators that keep the GPU busiest."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    ops = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: e.self_device_time_total, reverse=True)
+    return {
+        "gpu_busy_ms": round(sum(e.self_device_time_total for e in kernels) / 1000, 2),
+        "kernel_launches": sum(e.count for e in kernels),
+        "top_ops": [{"op": e.key, "gpu_ms": round(e.self_device_time_total / 1000, 2), "calls": e.count} for e in ops[:top]],
+    }
+
+
 def measure(model, naive: bool, batch: int, seq: int, steps: int, warmup: int, checkpointing: bool, device,
-            autocast: bool = False) -> dict:
+            autocast: bool = False, profile_top: int = 0) -> dict:
     vocab = model.config.vocab_size
     tokens = torch.randint(0, vocab, (batch, seq), device=device)
     if checkpointing:
@@ -126,29 +147,37 @@ def measure(model, naive: bool, batch: int, seq: int, steps: int, warmup: int, c
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable or [torch.zeros(1, requires_grad=True)], lr=1e-5)
     cuda = device.type == "cuda"
+
+    def step() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
     with naive_forward(naive):
-        for step in range(warmup + steps):
-            if step == warmup:
+        for index in range(warmup + steps):
+            if index == warmup:
                 if cuda:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                 started = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = model(input_ids=tokens, labels=tokens).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = step()
         if cuda:
             torch.cuda.synchronize()
-    step_s = (time.perf_counter() - started) / steps
+        step_s = (time.perf_counter() - started) / steps
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        profiled = {"profile": profile_step(step, profile_top)} if profile_top else {}
     params = sum(p.numel() for p in model.parameters())
     return {
         "step_ms": round(step_s * 1000, 2),
         "tokens_per_s": round(batch * seq / step_s, 1),
         "mfu": round(4 * params * batch * seq / step_s / H200_BF16_FLOPS, 4),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "peak_mem_gib": round(peak, 2) if cuda else None,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "final_loss": round(float(loss), 4),
+        **profiled,
     }
 
 
@@ -159,7 +188,8 @@ def measure_variant(shape: str, variant: str, device: torch.device, dtype: torch
     model = None
     try:
         model, naive = build(shape, variant, device, dtype)
-        return measure(model, naive, batch, args.seq, args.steps, args.warmup, checkpointing, device, args.autocast)
+        return measure(model, naive, batch, args.seq, args.steps, args.warmup, checkpointing, device, args.autocast,
+                       args.profile)
     except torch.cuda.OutOfMemoryError:
         return {"out_of_memory": True}
     finally:
@@ -223,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=int, default=128, help="rank budget of the one-time allocation")
     parser.add_argument("--autocast", action="store_true", help="run forward and loss under bf16 autocast, as the "
                         "HF Trainer (hence LLaMA-Factory) does with `bf16: true`; adapter matmuls then run in bf16 for every variant")
+    parser.add_argument("--profile", type=int, default=0, metavar="TOP", help="after timing, profile one more step "
+                        "of each variant: GPU busy time, kernel launches and the TOP operators by GPU time")
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU: checks the output, not speed")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)

@@ -53,13 +53,16 @@ def test_init_reproduces_base_model(collaboration, num_A, num_B, tokens):
 
 @pytest.mark.parametrize("collaboration,num_A,num_B", STRATEGIES)
 def test_stacked_forward_equals_pairwise_loop(collaboration, num_A, num_B):
-    """Invariant 5: two GEMMs and the r-space mix equal the double loop over (i, j)."""
+    """Invariant 5: two GEMMs and the r-space mix equal the double loop over (i, j), alone and as the
+    forward adds them to the base output."""
     model = adapted(collaboration, num_A, num_B, init_weights=False)
     x = torch.randn(3, 5, 32)
     for layer in aira_layers(model):
         if layer.in_features != 32:
             continue
-        torch.testing.assert_close(layer.adapter_output(x, "default"), reference_delta(layer, x), rtol=1e-5, atol=1e-6)
+        expected = reference_delta(layer, x)
+        torch.testing.assert_close(layer.adapter_output(x, "default"), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer(x), layer.get_base_layer()(x) + expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("collaboration,num_A,num_B", STRATEGIES)
@@ -206,4 +209,10 @@ def test_adapter_compute_dtype_on_a_bf16_model_with_fp32_masters(compute_dtype, 
     out.float().sum().backward()
     A = layer.aira_A["default"]
     assert A.dtype == torch.float32 and A.grad is not None and A.grad.dtype == torch.float32
-    torch.testing.assert_close(out.float(), reference_delta(layer, x.float()).detach(), rtol=0.05, atol=0.05)
+    expected = reference_delta(layer, x.float()).detach()
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
+    with torch.no_grad():  # the forward adds it to the bf16 base output and keeps that dtype
+        result = layer(x)
+        base = layer.get_base_layer()(x)
+    assert result.dtype == torch.bfloat16
+    torch.testing.assert_close(result.float(), base.float() + expected, rtol=0.05, atol=0.05)
