@@ -167,15 +167,15 @@ def measure(model, naive: bool, batch: int, seq: int, steps: int, warmup: int, c
         if cuda:
             torch.cuda.synchronize()
         step_s = (time.perf_counter() - started) / steps
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        peak_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
         profiled = {"profile": profile_step(step, profile_top)} if profile_top else {}
     params = sum(p.numel() for p in model.parameters())
     return {
         "step_ms": round(step_s * 1000, 2),
         "tokens_per_s": round(batch * seq / step_s, 1),
         "mfu": round(4 * params * batch * seq / step_s / H200_BF16_FLOPS, 4),
-        "peak_mem_gib": round(peak, 2) if cuda else None,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "peak_mem_gib": peak_gib,
+        "trainable_params": sum(p.numel() for p in trainable),
         "final_loss": round(float(loss), 4),
         **profiled,
     }
