@@ -11,6 +11,7 @@ on the sweep seed alone keeps the extra seeds from favouring the one rate that g
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -23,13 +24,18 @@ SWEEP_SEED = 0
 
 
 def load(path: Path) -> dict[tuple[str, str, float], dict[int, float]]:
-    """(domain, method, lr) -> {seed: held-out loss}, from the successful runs."""
+    """(domain, method, lr) -> {seed: held-out loss}, from the successful runs.
+
+    A run that diverged (NaN loss) counts as infinitely bad rather than missing: it must never be
+    chosen, yet its rate still belongs to the grid, so the rate below it is no longer an edge.
+    """
     losses: dict[tuple[str, str, float], dict[int, float]] = defaultdict(dict)
     for line in path.read_text().splitlines():
         record = json.loads(line)
         if record.get("returncode") == 0 and "eval_loss" in record:
             domain, method, lr, seed = record["key"].split("/")
-            losses[(domain, method, float(lr[2:]))][int(seed.removeprefix("seed"))] = record["eval_loss"]
+            loss = record["eval_loss"]
+            losses[(domain, method, float(lr[2:]))][int(seed.removeprefix("seed"))] = loss if math.isfinite(loss) else math.inf
     return losses
 
 

@@ -84,6 +84,24 @@ def test_quality_report_chooses_the_rate_on_the_sweep_seed(tmp_path, monkeypatch
     assert entry["mean"] == pytest.approx(2.5 / 3) and entry["std"] == pytest.approx(0.11547, abs=1e-5)
 
 
+def test_quality_report_never_chooses_a_diverged_rate(tmp_path, monkeypatch):
+    """A NaN loss (json writes NaN) loses to every finite one and still closes the grid's edge."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from quality_study import edge_extensions
+    from quality_report import best_settings, load
+
+    results = tmp_path / "results.jsonl"
+    runs = {  # the diverged rate at the top of one grid and at the bottom of the other
+        ("gsm8k", "1e-4"): 0.9, ("gsm8k", "4e-4"): 0.8, ("gsm8k", "1.6e-3"): float("nan"),
+        ("fineval", "2.5e-5"): float("nan"), ("fineval", "1e-4"): 0.2, ("fineval", "4e-4"): 0.3,
+    }
+    results.write_text("\n".join(_quality_record(f"{d}/lora/lr{lr}/seed0", v) for (d, lr), v in runs.items()))
+    best = best_settings(load(results))
+    assert (best[("gsm8k", "lora")]["lr"], best[("fineval", "lora")]["lr"]) == (4e-4, 1e-4)
+    assert best[("fineval", "lora")]["mean"] == pytest.approx(0.2) and not best[("fineval", "lora")]["edge"]
+    assert edge_extensions(results) == {}
+
+
 def test_e2e_report_ratios_and_curve_gaps(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from e2e_report import load, markdown_table
