@@ -158,6 +158,14 @@ def train_once(key: str, config: dict, gpu: str, workdir: Path) -> dict:
     return record
 
 
+def finished_runs(results: Path) -> set[str]:
+    """Keys of the runs in `results` that succeeded: a failed run (out of memory, killed) is retried on resume."""
+    if not results.is_file():
+        return set()
+    records = (json.loads(line) for line in results.read_text().splitlines() if line.strip())
+    return {record["key"] for record in records if record["returncode"] == 0}
+
+
 def best_rates(results: Path) -> dict[tuple[str, str], list[float]]:
     """(domain, method) -> [the learning rate with the lowest mean held-out loss in `results`]."""
     from quality_report import best_settings, load
@@ -202,9 +210,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=Path(os.environ.get("AIRA_MOE_SOURCE", "../shared/data")),
                         help="Raw benchmark folder for the multiple-choice tasks (layout of ../shared/data).")
     args = parser.parse_args()
-    done = set()
-    if args.results.is_file():
-        done = {json.loads(line)["key"] for line in args.results.read_text().splitlines() if line.strip()}
+    done = finished_runs(args.results)
     grid = [float(x) for x in args.lrs.split(",")]
     chosen = best_rates(args.best_of) if args.best_of else edge_extensions(args.extend_edges) if args.extend_edges else None
     jobs = []

@@ -71,6 +71,17 @@ def test_quality_study_extends_the_grid_beyond_an_edge_optimum(tmp_path, monkeyp
     assert best_rates(results)[("medicine", "lora")] == [4e-4]
 
 
+def test_quality_study_resume_retries_failed_runs(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from quality_study import finished_runs
+
+    results = tmp_path / "results.jsonl"
+    assert finished_runs(results) == set()
+    failed = json.dumps({"key": "law/lora/lr0.0016/seed0", "returncode": 1, "error": "CUDA out of memory"})
+    results.write_text("\n".join([_quality_record("law/lora/lr0.0004/seed0", 0.8), failed, ""]))
+    assert finished_runs(results) == {"law/lora/lr0.0004/seed0"}
+
+
 def test_quality_report_chooses_the_rate_on_the_sweep_seed(tmp_path, monkeypatch):
     """Extra seeds at the chosen rate must not move the choice to a rate that ran once."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
