@@ -1,5 +1,7 @@
 """Table and plot of the quality study: docs/results.md's numbers from benchmarks/results/quality_*.jsonl.
 
+The plot shows each domain's held-out losses as bars and, below them, the training curves behind them.
+
 For every domain and method the learning rate with the lowest held-out loss in the sweep (seed 0)
 is chosen; the table gives that loss as mean ± std over the seeds run at that rate, and flags a
 best rate at the edge of the grid (the sweep may not have found the method's optimum). Choosing
@@ -84,29 +86,57 @@ def markdown_table(best) -> str:
     return "\n".join(lines)
 
 
-def plot(best, path: Path) -> None:
+def training_curves(path: Path) -> dict[tuple[str, str, float, int], list[list[float]]]:
+    """(domain, method, lr, seed) -> [[step, training loss], ...] as LLaMA-Factory logged it."""
+    curves = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("returncode") == 0 and record.get("loss_curve"):
+            domain, method, lr, seed = record["key"].split("/")
+            curves[(domain, method, float(lr[2:]), int(seed.removeprefix("seed")))] = record["loss_curve"]
+    return curves
+
+
+def plot(study: dict, path: Path) -> None:
+    """Top row: held-out loss per method at its best rate; bottom row: the sweep seed's training curves there."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    best, curves = study["best"], study["curves"]
     domains = [d for d in DOMAINS if any(k[0] == d for k in best)]
-    figure, axes = plt.subplots(1, len(domains), figsize=(4.2 * len(domains), 3.8), squeeze=False)
-    for axis, domain in zip(axes[0], domains):
+    figure, axes = plt.subplots(2, len(domains), figsize=(4.2 * len(domains), 7.6), squeeze=False)
+    colours = dict(zip(METHODS, plt.get_cmap("tab10").colors))
+    for bars, lines, domain in zip(axes[0], axes[1], domains):
         methods = [m for m in METHODS if (domain, m) in best]
         means = [best[(domain, m)]["mean"] for m in methods]
         errors = [best[(domain, m)]["std"] or 0.0 for m in methods]
-        axis.bar(range(len(methods)), means, yerr=errors, color=["#888" if m.startswith(("lora", "pissa")) else "#3a7" for m in methods])
-        axis.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
+        bars.bar(range(len(methods)), means, yerr=errors, color=[colours[m] for m in methods])
+        bars.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
         low, high = min(means), max(means)
-        axis.set_ylim(low - 0.3 * (high - low + 1e-9), high + 0.3 * (high - low + 1e-9))
-        axis.set_title(f"{domain}: held-out loss (lower is better)", fontsize=9)
+        bars.set_ylim(low - 0.3 * (high - low + 1e-9), high + 0.3 * (high - low + 1e-9))
+        bars.set_title(f"{domain}: held-out loss (lower is better)", fontsize=9)
+        for method in methods:
+            curve = curves.get((domain, method, best[(domain, method)]["lr"], SWEEP_SEED))
+            if curve:
+                steps, losses = zip(*curve)
+                lines.plot(steps, losses, color=colours[method], linewidth=1, label=method)
+        lines.set_yscale("log")
+        lines.set_xlabel("optimizer step", fontsize=8)
+        lines.set_title(f"{domain}: training loss at the best rate (seed {SWEEP_SEED})", fontsize=9)
+    axes[1][0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
 def main() -> None:
-    run_report(__doc__, lambda path: best_settings(load(path)), markdown_table, plot)
+    run_report(
+        __doc__,
+        lambda path: {"best": best_settings(load(path)), "curves": training_curves(path)},
+        lambda study: markdown_table(study["best"]),
+        plot,
+    )
 
 
 if __name__ == "__main__":

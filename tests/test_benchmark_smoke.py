@@ -113,6 +113,27 @@ def test_quality_report_never_chooses_a_diverged_rate(tmp_path, monkeypatch):
     assert edge_extensions(results) == {}
 
 
+def test_quality_report_command_prints_the_table_and_plots_curves(tmp_path, monkeypatch):
+    """The command docs/results.md quotes: the table on stdout, the figure (bars and training curves) as PNG."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from quality_report import training_curves
+
+    results, figure = tmp_path / "results.jsonl", tmp_path / "quality.png"
+    rows = []
+    for method, loss, last in (("lora", 0.7, 0.8), ("aira_basic", 0.6, 0.7)):
+        curve = [[10, 1.2], [20, last]]
+        rows.append(json.dumps({"key": f"law/{method}/lr4e-4/seed0", "returncode": 0, "eval_loss": loss, "loss_curve": curve}))
+    rows.append(json.dumps({"key": "law/pissa/lr4e-4/seed0", "returncode": 1, "error": "killed"}))
+    results.write_text("\n".join(rows))
+    assert training_curves(results) == {("law", "lora", 4e-4, 0): [[10, 1.2], [20, 0.8]],
+                                        ("law", "aira_basic", 4e-4, 0): [[10, 1.2], [20, 0.7]]}
+    command = [sys.executable, str(REPO / "benchmarks" / "quality_report.py"), str(results), "--plot", str(figure)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "| aira_basic | **0.6000 (lr 0.0004, n=1)** |" in result.stdout and "| pissa | – |" in result.stdout
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_e2e_report_ratios_and_curve_gaps(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from e2e_report import load, markdown_table
