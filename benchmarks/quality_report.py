@@ -17,12 +17,22 @@ import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterator
 
 from quality_study import DOMAINS, METHODS
 from report_cli import run_report
 
 
 SWEEP_SEED = 0
+
+
+def successful_runs(path: Path) -> Iterator[tuple[tuple[str, str, float, int], dict]]:
+    """((domain, method, lr, seed), record) for every run of the results file that finished."""
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("returncode") == 0:
+            domain, method, lr, seed = record["key"].split("/")
+            yield (domain, method, float(lr[2:]), int(seed.removeprefix("seed"))), record
 
 
 def load(path: Path) -> dict[tuple[str, str, float], dict[int, float]]:
@@ -32,12 +42,10 @@ def load(path: Path) -> dict[tuple[str, str, float], dict[int, float]]:
     chosen, yet its rate still belongs to the grid, so the rate below it is no longer an edge.
     """
     losses: dict[tuple[str, str, float], dict[int, float]] = defaultdict(dict)
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("returncode") == 0 and "eval_loss" in record:
-            domain, method, lr, seed = record["key"].split("/")
+    for (domain, method, lr, seed), record in successful_runs(path):
+        if "eval_loss" in record:
             loss = record["eval_loss"]
-            losses[(domain, method, float(lr[2:]))][int(seed.removeprefix("seed"))] = loss if math.isfinite(loss) else math.inf
+            losses[(domain, method, lr)][seed] = loss if math.isfinite(loss) else math.inf
     return losses
 
 
@@ -88,13 +96,7 @@ def markdown_table(best) -> str:
 
 def training_curves(path: Path) -> dict[tuple[str, str, float, int], list[list[float]]]:
     """(domain, method, lr, seed) -> [[step, training loss], ...] as LLaMA-Factory logged it."""
-    curves = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("returncode") == 0 and record.get("loss_curve"):
-            domain, method, lr, seed = record["key"].split("/")
-            curves[(domain, method, float(lr[2:]), int(seed.removeprefix("seed")))] = record["loss_curve"]
-    return curves
+    return {run: record["loss_curve"] for run, record in successful_runs(path) if record.get("loss_curve")}
 
 
 def plot(study: dict, path: Path) -> None:
