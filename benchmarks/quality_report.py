@@ -28,7 +28,7 @@ SWEEP_SEED = 0
 
 def successful_runs(path: Path) -> Iterator[tuple[tuple[str, str, float, int], dict]]:
     """((domain, method, lr, seed), record) for every run of the results file that finished."""
-    for line in path.read_text().splitlines():
+    for line in filter(str.strip, path.read_text().splitlines()):
         record = json.loads(line)
         if record.get("returncode") == 0:
             domain, method, lr, seed = record["key"].split("/")

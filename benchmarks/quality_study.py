@@ -160,14 +160,13 @@ def train_once(key: str, config: dict, gpu: str, workdir: Path) -> dict:
 
 def finished_runs(results: Path) -> set[str]:
     """Keys of the runs in `results` that succeeded: a failed run (out of memory, killed) is retried on resume."""
-    if not results.is_file():
-        return set()
-    records = (json.loads(line) for line in results.read_text().splitlines() if line.strip())
-    return {record["key"] for record in records if record["returncode"] == 0}
+    from quality_report import successful_runs
+
+    return {record["key"] for _, record in successful_runs(results)} if results.is_file() else set()
 
 
 def best_rates(results: Path) -> dict[tuple[str, str], list[float]]:
-    """(domain, method) -> [the learning rate with the lowest mean held-out loss in `results`]."""
+    """(domain, method) -> [the learning rate `quality_report` chooses in `results` (the sweep seed's lowest loss)]."""
     from quality_report import best_settings, load
 
     return {key: [entry["lr"]] for key, entry in best_settings(load(results)).items()}
