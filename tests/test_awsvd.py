@@ -140,6 +140,18 @@ def test_loading_twice_applies_the_residual_once(tmp_path, tokens):
     torch.testing.assert_close(model(tokens).logits, expected, rtol=0, atol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the saved factors on it, the model on the CPU")
+def test_saved_factors_loaded_onto_another_device_rebuild_the_residual(tmp_path, tokens):
+    """peft puts a loaded adapter's tensors on the GPU while `aira-moe eval` builds the model on the CPU."""
+    from peft import PeftModel
+
+    model = full_mode_model("fully", 2, 3)
+    train_a_little(model)
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(tiny_llama(), tmp_path / "adapter", torch_device="cuda").cpu().eval()
+    torch.testing.assert_close(reloaded(tokens).logits, model(tokens).logits, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_export_lora_reproduces_the_adapter_with_stock_peft(tmp_path, tokens):
     """Invariant 6: `aira-moe export-lora` gives a plain LoRA adapter for the original base."""

@@ -185,8 +185,13 @@ class AiraMoeLayer(BaseTunerLayer):
 
     @torch.no_grad()
     def set_residual(self, adapter_name: str, left: torch.Tensor, right: torch.Tensor) -> None:
-        """Make the frozen weight W - left @ right, undoing the residual it held before."""
-        self.add_to_base_weight(self.residual(adapter_name) - left.float() @ right.float())
+        """Make the frozen weight W - left @ right, undoing the residual it held before.
+
+        The factors may come from another device: peft loads a saved adapter's tensors onto the GPU
+        while `aira-moe eval` or an export builds the model on the CPU and moves it afterwards.
+        """
+        device = self.get_base_layer().weight.device
+        self.add_to_base_weight(self.residual(adapter_name) - left.to(device).float() @ right.to(device).float())
         # copies: the factors may be views of the trainable A (delta_factors), which must not move P0
         self.aira_res_left[adapter_name] = left.detach().to(self.aira_res_left[adapter_name], copy=True)
         self.aira_res_right[adapter_name] = right.detach().to(self.aira_res_right[adapter_name], copy=True)
