@@ -4,7 +4,8 @@ The plot shows each domain's held-out losses as bars and, below them, the traini
 
 For every domain and method the learning rate with the lowest held-out loss in the sweep (seed 0)
 is chosen; the table gives that loss as mean ± std over the seeds run at that rate, and flags a
-best rate at the edge of the grid (the sweep may not have found the method's optimum). Choosing
+best rate at the edge of the grid (the sweep may not have found the method's optimum). A second
+table gives the task scores of the runs trained with --score at those rates. Choosing
 on the sweep seed alone keeps the extra seeds from favouring the one rate that got them.
 
     python benchmarks/quality_report.py benchmarks/results/quality_smollm2.jsonl --plot docs/quality_smollm2.png
@@ -24,6 +25,8 @@ from report_cli import run_report
 
 
 SWEEP_SEED = 0
+# The headline number of each scored task (higher is better), as `aira-moe eval` reports it.
+HEADLINE = {"gsm8k_mc": "accuracy", "gsm8k": "accuracy", "fineval": "accuracy", "medicine": "rouge_l", "lawbench": "score"}
 
 
 def successful_runs(path: Path) -> Iterator[tuple[tuple[str, str, float, int], dict]]:
@@ -94,6 +97,37 @@ def markdown_table(best) -> str:
     return "\n".join(lines)
 
 
+def task_scores(path: Path, best) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """(domain, method) -> {task: headline score of each scored seed} at the method's best rate.
+
+    Only the best rate counts, as in the loss table; a task whose scoring failed (an `error`
+    entry) is left out rather than counted as zero.
+    """
+    scores: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (domain, method, lr, _seed), record in successful_runs(path):
+        if (domain, method) in best and lr == best[(domain, method)]["lr"]:
+            for task, values in record.get("scores", {}).items():
+                if HEADLINE[task] in values:
+                    scores[(domain, method)][task].append(values[HEADLINE[task]])
+    return scores
+
+
+def scores_table(scores) -> str:
+    """Mean ± std of each task's headline score over the scored seeds; empty when nothing was scored."""
+    tasks = [t for t in HEADLINE if any(t in by_task for by_task in scores.values())]
+    if not tasks:
+        return ""
+    lines = ["| method | " + " | ".join(f"{t} ({HEADLINE[t]})" for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for method in METHODS:
+        cells = []
+        for task in tasks:
+            values = next((by_task[task] for (_, m), by_task in scores.items() if m == method and task in by_task), [])
+            spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):.4f}{spread} (n={len(values)})" if values else "–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def training_curves(path: Path) -> dict[tuple[str, str, float, int], list[list[float]]]:
     """(domain, method, lr, seed) -> [[step, training loss], ...] as LLaMA-Factory logged it."""
     return {run: record["loss_curve"] for run, record in successful_runs(path) if record.get("loss_curve")}
@@ -133,12 +167,13 @@ def plot(study: dict, path: Path) -> None:
 
 
 def main() -> None:
-    run_report(
-        __doc__,
-        lambda path: {"best": best_settings(load(path)), "curves": training_curves(path)},
-        lambda study: markdown_table(study["best"]),
-        plot,
-    )
+    run_report(__doc__, study, lambda study: "\n\n".join(filter(None, (markdown_table(study["best"]), scores_table(study["scores"])))), plot)
+
+
+def study(path: Path) -> dict:
+    """Everything the table and the plot show, read from one results file."""
+    best = best_settings(load(path))
+    return {"best": best, "curves": training_curves(path), "scores": task_scores(path, best)}
 
 
 if __name__ == "__main__":

@@ -113,6 +113,29 @@ def test_quality_report_never_chooses_a_diverged_rate(tmp_path, monkeypatch):
     assert edge_extensions(results) == {}
 
 
+def test_quality_report_scores_only_the_best_rate_and_skips_failed_scoring(tmp_path, monkeypatch):
+    """The task-score table sits beside the loss table: same rate, mean ± std over the scored seeds."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from quality_report import best_settings, load, scores_table, task_scores
+
+    def scored(key: str, loss: float, scores: dict) -> str:
+        return json.dumps({"key": key, "returncode": 0, "eval_loss": loss, "scores": scores})
+
+    results = tmp_path / "results.jsonl"
+    results.write_text("\n".join([
+        scored("law/lora/lr4e-4/seed0", 0.7, {"lawbench": {"score": 0.9}}),  # not the best rate: ignored
+        scored("law/lora/lr1.6e-3/seed0", 0.6, {"lawbench": {"score": 0.2}}),
+        scored("law/lora/lr1.6e-3/seed1", 0.6, {"lawbench": {"score": 0.4}}),
+        scored("law/aira_full/lr1.6e-3/seed0", 0.6, {"lawbench": {"error": "Traceback ..."}}),
+    ]))
+    best = best_settings(load(results))
+    scores = task_scores(results, best)
+    assert scores[("law", "lora")] == {"lawbench": [0.2, 0.4]} and dict(scores[("law", "aira_full")]) == {}
+    table = scores_table(scores)
+    assert "| lora | 0.3000 ± 0.1414 (n=2) |" in table and "| aira_full | – |" in table
+    assert scores_table(task_scores(tmp_path / "results.jsonl", {})) == ""
+
+
 def test_quality_report_command_prints_the_table_and_plots_curves(tmp_path, monkeypatch):
     """The command docs/results.md quotes: the table on stdout, the figure (bars and training curves) as PNG."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
