@@ -53,7 +53,8 @@ FULL = {
 }
 METHODS: dict[str, tuple[dict, float]] = {  # settings, learning-rate multiplier
     "lora": ({"finetuning_type": "lora", "lora_rank": 10, "lora_alpha": 20}, 1.0),
-    "pissa": ({"finetuning_type": "lora", "lora_rank": 10, "lora_alpha": 20, "pissa_init": True, "pissa_iter": 16}, 1.0),
+    "pissa": ({"finetuning_type": "lora", "lora_rank": 10, "lora_alpha": 20, "pissa_init": True, "pissa_iter": 16,
+               "pissa_convert": True}, 1.0),
     "lora_cola_lr": ({"finetuning_type": "lora", "lora_rank": 4, "lora_alpha": 8, "loraplus_lr_ratio": 1.5}, 2.0),
     "aira_basic": (AIRA, 1.0),
     "aira_standard": ({**AIRA, "use_activation_aware": True, "activation_aware_mode": "inps"}, 1.0),
@@ -112,15 +113,19 @@ def score_adapter(domain: str, config: dict, gpu: str, workdir: Path, scoring: a
     """The domain's task scores of the adapter a run saved, by `aira-moe eval` with the training template.
 
     Multiple-choice tasks are scored in full; generative ones on a seeded sample of `--score-limit`.
+    A PiSSA run is scored through the plain LoRA that `pissa_convert` saved beside it: the adapter
+    itself does not reload faithfully (`aira_moe.evaluation.loading.check_reloadable`).
     """
     from aira_moe.evaluation.registry import TASKS
     from aira_moe.evaluation.tasks import summary
 
+    converted = Path(config["output_dir"]) / "pissa_converted"
+    adapter = converted if converted.is_dir() else Path(config["output_dir"])
     scores = {}
     for task in SCORE_TASKS[domain]:
         output = workdir / f"{Path(config['output_dir']).name}_{task}.json"
         command = [sys.executable, "-m", "aira_moe.cli", "eval", "--model", config["model_name_or_path"],
-                   "--adapter", config["output_dir"], "--task", task, "--template", config["template"],
+                   "--adapter", str(adapter), "--task", task, "--template", config["template"],
                    "--data-dir", config["dataset_dir"], "--source", str(scoring.source), "--batch-size", "32",
                    "--output", str(output)]
         if TASKS[task].kind == "generate":

@@ -175,9 +175,13 @@ def test_e2e_report_ratios_and_curve_gaps(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data not found at {SHARED_DATA}")
-def test_quality_study_scores_a_saved_adapter_on_its_domains_tasks(tmp_path, tiny_model_dir, prepared_data, monkeypatch):
-    """--score: `aira-moe eval` on the adapter a run saved, with the run's template and data; headline numbers kept."""
-    from peft import get_peft_model
+@pytest.mark.parametrize("kind", ["aira_moe", "pissa"])
+def test_quality_study_scores_a_saved_adapter_on_its_domains_tasks(tmp_path, tiny_model_dir, prepared_data, monkeypatch, kind):
+    """--score: `aira-moe eval` on the adapter a run saved, with the run's template and data; headline numbers kept.
+
+    A PiSSA run is scored through the LoRA that `pissa_convert` saved beside it; its own adapter is refused.
+    """
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from aira_moe import AiraMoeConfig
@@ -185,14 +189,19 @@ def test_quality_study_scores_a_saved_adapter_on_its_domains_tasks(tmp_path, tin
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from quality_study import score_adapter
 
-    adapter = tmp_path / "run"
-    config = AiraMoeConfig(r=4, num_A=2, num_B=3, target_modules=["q_proj", "v_proj"])
+    adapter, targets = tmp_path / "run", ["q_proj", "v_proj"]
+    if kind == "aira_moe":
+        config = AiraMoeConfig(r=4, num_A=2, num_B=3, target_modules=targets)
+    else:
+        config = LoraConfig(r=4, target_modules=targets, init_lora_weights="pissa_niter_4")
+        get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=8, target_modules=targets)).save_pretrained(
+            adapter / "pissa_converted")
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config).save_pretrained(adapter)
     run = {"model_name_or_path": str(tiny_model_dir), "output_dir": str(adapter), "template": "chatml",
            "dataset_dir": str(prepared_data)}
     scoring = argparse.Namespace(source=SHARED_DATA, score_limit=2)
     scores = score_adapter("medicine", run, "", tmp_path, scoring)["medicine"]
-    assert scores["n"] == 2 and 0 <= scores["rouge_l"] <= 100, scores
+    assert scores.get("n") == 2 and 0 <= scores["rouge_l"] <= 100, scores
 
 
 def test_speed_shapes_take_another_vocabulary(monkeypatch):

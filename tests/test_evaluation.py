@@ -209,6 +209,12 @@ def test_bad_input_is_refused_before_loading(tmp_path):
         evaluate(EvalSettings(model="nowhere", adapter=None, task="nll", data=tmp_path / "no.json", output=tmp_path / "r.json"))
     with pytest.raises(SystemExit, match="--task mc needs --data"):
         evaluate(EvalSettings(model="nowhere", adapter=None, task="mc", data=None, output=tmp_path / "r.json"))
+    pissa = tmp_path / "pissa"
+    pissa.mkdir()
+    (pissa / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "init_lora_weights": "pissa_niter_16"}))
+    with pytest.raises(SystemExit, match="init_lora_weights is 'pissa_niter_16'.*pissa_converted"):
+        evaluate(EvalSettings(model="nowhere", adapter=str(pissa), task="nll", data=write_alpaca(tmp_path / "d.json"),
+                              output=tmp_path / "r.json"))
 
 
 @pytest.mark.slow

@@ -15,12 +15,32 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def adapter_type(adapter: str) -> str:
-    """The peft type named in the adapter's config, so the caller can say what it is scoring."""
+def adapter_config(adapter: str) -> dict:
     config = Path(adapter) / "adapter_config.json"
     if not config.is_file():
         raise FileNotFoundError(f"--adapter {adapter}: no adapter_config.json there (expected a peft adapter directory)")
-    return json.loads(config.read_text())["peft_type"]
+    return json.loads(config.read_text())
+
+
+def adapter_type(adapter: str) -> str:
+    """The peft type named in the adapter's config, so the caller can say what it is scoring."""
+    return adapter_config(adapter)["peft_type"]
+
+
+def check_reloadable(adapter: str) -> None:
+    """Refuse an unconverted fast-SVD PiSSA adapter: it cannot be scored faithfully.
+
+    peft rebuilds such an adapter's residual base by re-running PiSSA's randomized SVD (rank r, no
+    oversampling) when it loads it; on SmolLM2 two runs of it differ by 13-20% of the weight's norm,
+    so the loaded model is not the trained one.
+    """
+    init = adapter_config(adapter).get("init_lora_weights")
+    if isinstance(init, str) and init.startswith("pissa_niter_"):
+        raise SystemExit(
+            f"--adapter {adapter}: init_lora_weights is {init!r}; peft re-runs that randomized SVD on loading, which "
+            "does not rebuild the trained model. Score the converted adapter instead (LLaMA-Factory's "
+            "`pissa_convert: true` saves it in OUTPUT_DIR/pissa_converted), or train with `pissa_iter: -1` (exact SVD)."
+        )
 
 
 def load_model(model: str, adapter: str | None, device: torch.device):

@@ -12,7 +12,7 @@ from typing import Callable
 from ..prepare_data import OPTION_LETTERS, read_json
 from . import gsm8k, lawbench, multiple_choice, text_metrics
 from .inference import answer_nll, generate, next_token_logits
-from .loading import adapter_type, load_model, pick_device
+from .loading import adapter_type, check_reloadable, load_model, pick_device
 from .prompts import prompt_encoder
 from .registry import TASKS
 
@@ -113,7 +113,7 @@ def check_settings(settings: EvalSettings) -> None:
     if settings.limit is not None and settings.limit < 1:
         raise SystemExit(f"--limit must be >= 1, got {settings.limit}")
     if settings.adapter:
-        adapter_type(settings.adapter)
+        check_reloadable(settings.adapter)
 
 
 def evaluate(settings: EvalSettings) -> dict:
