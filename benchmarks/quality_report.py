@@ -166,14 +166,19 @@ def plot(study: dict, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def main() -> None:
-    run_report(__doc__, study, lambda study: "\n\n".join(filter(None, (markdown_table(study["best"]), scores_table(study["scores"])))), plot)
-
-
 def study(path: Path) -> dict:
-    """Everything the table and the plot show, read from one results file."""
+    """Everything the tables and the plot show, read from one results file."""
     best = best_settings(load(path))
     return {"best": best, "curves": training_curves(path), "scores": task_scores(path, best)}
+
+
+def tables(study: dict) -> str:
+    """The loss table, then the task-score table where any run was scored."""
+    return "\n\n".join(filter(None, (markdown_table(study["best"]), scores_table(study["scores"]))))
+
+
+def main() -> None:
+    run_report(__doc__, study, tables, plot)
 
 
 if __name__ == "__main__":
