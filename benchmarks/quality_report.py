@@ -4,9 +4,9 @@ The plot shows each domain's held-out losses as bars and, below them, the traini
 
 For every domain and method the learning rate with the lowest held-out loss in the sweep (seed 0)
 is chosen; the table gives that loss as mean ± std over the seeds run at that rate, and flags a
-best rate at the edge of the grid (the sweep may not have found the method's optimum). A second
-table gives the task scores of the runs trained with --score at those rates. Choosing
-on the sweep seed alone keeps the extra seeds from favouring the one rate that got them.
+best rate at the edge of the grid (the sweep may not have found the method's optimum). Choosing
+on the sweep seed alone keeps the extra seeds from favouring the one rate that got them. A second
+table gives the task scores of the runs trained with --score at those rates.
 
     python benchmarks/quality_report.py benchmarks/results/quality_smollm2.jsonl --plot docs/quality_smollm2.png
 """
