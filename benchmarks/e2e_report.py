@@ -12,9 +12,9 @@ from pathlib import Path
 from report_cli import run_report
 
 
-def load(path: Path) -> dict[str, dict]:
-    """Run name (e.g. `aira_gc`) -> its record."""
-    return {record["run"]: record for record in map(json.loads, path.read_text().splitlines())}
+def load(paths: list[Path]) -> dict[str, dict]:
+    """Run name (e.g. `aira_gc`) -> its record; a later file's run replaces an earlier one of the same name."""
+    return {record["run"]: record for path in paths for record in map(json.loads, path.read_text().splitlines())}
 
 
 def markdown_table(runs: dict[str, dict]) -> str:

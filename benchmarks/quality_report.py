@@ -8,7 +8,12 @@ best rate at the edge of the grid (the sweep may not have found the method's opt
 on the sweep seed alone keeps the extra seeds from favouring the one rate that got them. A second
 table gives the task scores of the runs trained with --score at those rates.
 
-    python benchmarks/quality_report.py benchmarks/results/quality_smollm2.jsonl --plot docs/quality_smollm2.png
+The first results file is the study; any further file only adds task scores: runs retrained with
+--score into a file of their own (their keys repeat the study's, so their losses stay out of the
+loss table).
+
+    python benchmarks/quality_report.py benchmarks/results/quality_smollm2.jsonl \
+        benchmarks/results/quality_smollm2_scored.jsonl --plot docs/quality_smollm2.png
 """
 
 from __future__ import annotations
@@ -97,14 +102,15 @@ def markdown_table(best) -> str:
     return "\n".join(lines)
 
 
-def task_scores(path: Path, best) -> dict[tuple[str, str], dict[str, list[float]]]:
-    """(domain, method) -> {task: headline score of each scored seed} at the method's best rate.
+def task_scores(paths: list[Path], best) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """(domain, method) -> {task: headline score of each scored run} at the method's best rate.
 
     Only the best rate counts, as in the loss table; a task whose scoring failed (an `error`
     entry) is left out rather than counted as zero.
     """
     scores: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (domain, method, lr, _seed), record in successful_runs(path):
+    runs = (run for path in paths for run in successful_runs(path))
+    for (domain, method, lr, _seed), record in runs:
         if (domain, method) in best and lr == best[(domain, method)]["lr"]:
             for task, values in record.get("scores", {}).items():
                 if HEADLINE[task] in values:
@@ -166,10 +172,10 @@ def plot(study: dict, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def study(path: Path) -> dict:
-    """Everything the tables and the plot show, read from one results file."""
-    best = best_settings(load(path))
-    return {"best": best, "curves": training_curves(path), "scores": task_scores(path, best)}
+def study(paths: list[Path]) -> dict:
+    """Everything the tables and the plot show: losses and curves from the first file, scores from all."""
+    best = best_settings(load(paths[0]))
+    return {"best": best, "curves": training_curves(paths[0]), "scores": task_scores(paths, best)}
 
 
 def tables(study: dict) -> str:

@@ -138,6 +138,16 @@ def score_adapter(domain: str, config: dict, gpu: str, workdir: Path, scoring: a
     return scores
 
 
+def check_scoring(domains: list[str]) -> None:
+    """Refuse `--score` before any training when a domain's tasks cannot be scored here."""
+    from aira_moe.evaluation.registry import missing_requirements
+
+    for domain in domains:
+        for task in SCORE_TASKS[domain]:
+            if problem := missing_requirements(task):
+                raise SystemExit(f"--score: task {task} of domain {domain} {problem}")
+
+
 def train_once(key: str, config: dict, gpu: str, workdir: Path) -> dict:
     """One `llamafactory-cli train` on one GPU; the record holds eval/train loss, parameters and time."""
     name = key.replace("/", "_")
@@ -214,6 +224,11 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=Path(os.environ.get("AIRA_MOE_SOURCE", "../shared/data")),
                         help="Raw benchmark folder for the multiple-choice tasks (layout of ../shared/data).")
     args = parser.parse_args()
+    for option, given, allowed in (("--domains", args.domains, DOMAINS), ("--methods", args.methods, METHODS)):
+        if unknown := [name for name in given.split(",") if name not in allowed]:
+            raise SystemExit(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+    if args.score:
+        check_scoring(args.domains.split(","))
     done = finished_runs(args.results)
     grid = [float(x) for x in args.lrs.split(",")]
     chosen = best_rates(args.best_of) if args.best_of else edge_extensions(args.extend_edges) if args.extend_edges else None

@@ -1,4 +1,4 @@
-"""The command line the report scripts share: a results file in, a markdown table out, a plot on request."""
+"""The command line the report scripts share: results files in, a markdown table out, a plot on request."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Any, Callable
 
 def run_report(
     description: str,
-    load: Callable[[Path], Any],
+    load: Callable[[list[Path]], Any],
     table: Callable[[Any], str],
     plot: Callable[[Any, Path], None],
 ) -> None:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path)
+    parser.add_argument("results", type=Path, nargs="+", help="results files (JSON lines); each report says how it reads several")
     parser.add_argument("--plot", type=Path, help="where to write the figure (PNG)")
     args = parser.parse_args()
     data = load(args.results)

@@ -82,6 +82,30 @@ def test_quality_study_resume_retries_failed_runs(tmp_path, monkeypatch):
     assert finished_runs(results) == {"law/lora/lr0.0004/seed0"}
 
 
+def test_quality_study_refuses_bad_input_before_training(tmp_path, monkeypatch):
+    """A typo or an unscorable task stops the study at once, not after hours of training."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from dataclasses import replace
+
+    import quality_study
+    from aira_moe.evaluation.registry import TASKS
+
+    def study(*options: str) -> str:
+        argv = ["quality_study.py", "--model", "nowhere", "--results", str(tmp_path / "r.jsonl"),
+                "--workdir", str(tmp_path / "work"), *options]
+        monkeypatch.setattr("sys.argv", argv)
+        with pytest.raises(SystemExit) as refused:
+            quality_study.main()
+        return str(refused.value)
+
+    assert "--domains: unknown lawz; choose from gsm8k" in study("--domains", "gsm8k,lawz")
+    assert "--methods: unknown dora; choose from lora" in study("--methods", "lora,dora")
+    monkeypatch.setitem(TASKS, "medicine", replace(TASKS["medicine"], requires={"no_such_metric": "no-such"}))
+    assert "--score: task medicine of domain medicine needs the Python module(s) no_such_metric" in study(
+        "--domains", "gsm8k,medicine", "--score")
+    assert not (tmp_path / "r.jsonl").exists() and not (tmp_path / "work").exists()
+
+
 def test_quality_report_chooses_the_rate_on_the_sweep_seed(tmp_path, monkeypatch):
     """Extra seeds at the chosen rate must not move the choice to a rate that ran once."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
@@ -121,19 +145,19 @@ def test_quality_report_scores_only_the_best_rate_and_skips_failed_scoring(tmp_p
     def scored(key: str, loss: float, scores: dict) -> str:
         return json.dumps({"key": key, "returncode": 0, "eval_loss": loss, "scores": scores})
 
-    results = tmp_path / "results.jsonl"
+    results, retrained = tmp_path / "results.jsonl", tmp_path / "scored.jsonl"
     results.write_text("\n".join([
         scored("law/lora/lr4e-4/seed0", 0.7, {"lawbench": {"score": 0.9}}),  # not the best rate: ignored
         scored("law/lora/lr1.6e-3/seed0", 0.6, {"lawbench": {"score": 0.2}}),
-        scored("law/lora/lr1.6e-3/seed1", 0.6, {"lawbench": {"score": 0.4}}),
         scored("law/aira_full/lr1.6e-3/seed0", 0.6, {"lawbench": {"error": "Traceback ..."}}),
     ]))
+    retrained.write_text(scored("law/lora/lr1.6e-3/seed0", 0.1, {"lawbench": {"score": 0.4}}))  # a retrain, scored
     best = best_settings(load(results))
-    scores = task_scores(results, best)
+    scores = task_scores([results, retrained], best)
     assert scores[("law", "lora")] == {"lawbench": [0.2, 0.4]} and dict(scores[("law", "aira_full")]) == {}
     table = scores_table(scores)
     assert "| lora | 0.3000 ± 0.1414 (n=2) |" in table and "| aira_full | – |" in table
-    assert scores_table(task_scores(tmp_path / "results.jsonl", {})) == ""
+    assert scores_table(task_scores([results], {})) == ""
 
 
 def test_quality_report_command_prints_the_table_and_plots_curves(tmp_path, monkeypatch):
@@ -150,10 +174,14 @@ def test_quality_report_command_prints_the_table_and_plots_curves(tmp_path, monk
     results.write_text("\n".join(rows))
     assert training_curves(results) == {("law", "lora", 4e-4, 0): [[10, 1.2], [20, 0.8]],
                                         ("law", "aira_basic", 4e-4, 0): [[10, 1.2], [20, 0.7]]}
-    command = [sys.executable, str(REPO / "benchmarks" / "quality_report.py"), str(results), "--plot", str(figure)]
+    scored = tmp_path / "scored.jsonl"  # a retrain of lora's run with its task score: its loss stays out
+    scored.write_text(json.dumps({"key": "law/lora/lr4e-4/seed0", "returncode": 0, "eval_loss": 0.1,
+                                  "scores": {"lawbench": {"score": 0.25}}}))
+    command = [sys.executable, str(REPO / "benchmarks" / "quality_report.py"), str(results), str(scored), "--plot", str(figure)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "| aira_basic | **0.6000 (lr 0.0004, n=1)** |" in result.stdout and "| pissa | – |" in result.stdout
+    assert "| lora | 0.7000 (lr 0.0004, n=1) |" in result.stdout and "| lora | 0.2500 (n=1) |" in result.stdout
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -168,7 +196,7 @@ def test_e2e_report_ratios_and_curve_gaps(tmp_path, monkeypatch):
             curve = [[5, 3.0 + shift], [10, 2.0 + shift]]
             rows.append(json.dumps({"run": f"{name}_{suffix}", "train_samples_per_second": speed, "loss_curve": curve}))
     results.write_text("\n".join(rows))
-    table = markdown_table(load(results)).splitlines()
+    table = markdown_table(load([results])).splitlines()
     assert "| off | aira | 12.50 | 1.250 | 2.0000 | 0.0000 |" in table
     assert "| on | aira_fp32 | 11.00 | 1.100 | 2.0020 | 0.0020 |" in table
 

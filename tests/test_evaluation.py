@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -202,7 +203,7 @@ def test_adapters_load_through_peft_and_an_untrained_one_changes_nothing(tmp_pat
     assert adapted["metrics"]["nll"] == pytest.approx(base["metrics"]["nll"], rel=1e-5)
 
 
-def test_bad_input_is_refused_before_loading(tmp_path):
+def test_bad_input_is_refused_before_loading(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--data .* does not exist"):
         from aira_moe.evaluation.tasks import evaluate
 
@@ -214,6 +215,10 @@ def test_bad_input_is_refused_before_loading(tmp_path):
     (pissa / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "init_lora_weights": "pissa_niter_16"}))
     with pytest.raises(SystemExit, match="init_lora_weights is 'pissa_niter_16'.*pissa_converted"):
         evaluate(EvalSettings(model="nowhere", adapter=str(pissa), task="nll", data=write_alpaca(tmp_path / "d.json"),
+                              output=tmp_path / "r.json"))
+    monkeypatch.setitem(TASKS, "medicine", replace(TASKS["medicine"], requires={"rouge_score": "rouge-score", "no_such_metric": "no-such"}))
+    with pytest.raises(SystemExit, match=r"--task medicine needs the Python module\(s\) no_such_metric, .*pip install no-such\)"):
+        evaluate(EvalSettings(model="nowhere", adapter=None, task="medicine", data=write_alpaca(tmp_path / "d.json"),
                               output=tmp_path / "r.json"))
 
 

@@ -7,7 +7,8 @@ Each task names where its data lives by default: raw benchmark files under the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib.util
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -17,6 +18,8 @@ class Task:
     default_data: str | None  # "source:<relative path>" or "data:<file>"; None means --data is required
     description: str
     max_new_tokens: int = 0
+    # module -> pip distribution, for the metrics imported only once generation is done
+    requires: dict[str, str] = field(default_factory=dict)
 
 
 TASKS: dict[str, Task] = {
@@ -28,7 +31,8 @@ TASKS: dict[str, Task] = {
     "mc": Task("choice", None, "any CSV: question, options A.. (2-20), answer"),
     "gsm8k": Task("generate", "data:gsm8k_test.json", "GSM8K test, greedy, exact numeric match", 256),
     "lawbench": Task("generate", "data:lawbench_test.json", "LawBench held-out split, accuracy and F1 tasks", 64),
-    "medicine": Task("generate", "data:genmedgpt_test.json", "GenMedGPT-5k held-out replies, ROUGE-L and BLEU", 256),
+    "medicine": Task("generate", "data:genmedgpt_test.json", "GenMedGPT-5k held-out replies, ROUGE-L and BLEU", 256,
+                     {"rouge_score": "rouge-score", "sacrebleu": "sacrebleu"}),
     "nll": Task("nll", None, "per-token NLL of the reference answers of any alpaca JSON"),
 }
 
@@ -39,3 +43,16 @@ def default_data(task: str, source: Path, data_dir: Path) -> Path | None:
         return None
     root, relative = where.split(":", 1)
     return (source if root == "source" else data_dir) / relative
+
+
+def missing_requirements(task: str) -> str | None:
+    """Why `task` cannot be scored in this environment, or None.
+
+    The metrics are imported after generation, so without this check a missing package is found
+    only after minutes of generating (it happened on the GPU machine's reduced wheel set).
+    """
+    missing = {module: dist for module, dist in TASKS[task].requires.items() if importlib.util.find_spec(module) is None}
+    if not missing:
+        return None
+    return (f"needs the Python module(s) {', '.join(missing)}, not installed here "
+            f"(install: pip install {' '.join(missing.values())})")

@@ -14,7 +14,7 @@ from . import gsm8k, lawbench, multiple_choice, text_metrics
 from .inference import answer_nll, generate, next_token_logits
 from .loading import adapter_type, check_reloadable, load_model, pick_device
 from .prompts import prompt_encoder
-from .registry import TASKS
+from .registry import TASKS, missing_requirements
 
 
 @dataclass
@@ -112,6 +112,8 @@ def check_settings(settings: EvalSettings) -> None:
         raise SystemExit(f"--batch-size must be >= 1, got {settings.batch_size}")
     if settings.limit is not None and settings.limit < 1:
         raise SystemExit(f"--limit must be >= 1, got {settings.limit}")
+    if problem := missing_requirements(settings.task):
+        raise SystemExit(f"--task {settings.task} {problem}")
     if settings.adapter:
         check_reloadable(settings.adapter)
 
