@@ -7,7 +7,7 @@ Each task names where its data lives by default: raw benchmark files under the s
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,10 +49,16 @@ def missing_requirements(task: str) -> str | None:
     """Why `task` cannot be scored in this environment, or None.
 
     The metrics are imported after generation, so without this check a missing package is found
-    only after minutes of generating (it happened on the GPU machine's reduced wheel set).
+    only after minutes of generating (it happened on the GPU machine's reduced wheel set). The
+    modules are imported, not just looked up, so that a missing dependency of theirs shows too.
     """
-    missing = {module: dist for module, dist in TASKS[task].requires.items() if importlib.util.find_spec(module) is None}
-    if not missing:
+    failures = {}
+    for module, distribution in TASKS[task].requires.items():
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            failures[distribution] = f"{module} ({error})"
+    if not failures:
         return None
-    return (f"needs the Python module(s) {', '.join(missing)}, not installed here "
-            f"(install: pip install {' '.join(missing.values())})")
+    return (f"needs the Python module(s) {', '.join(failures.values())}, which do not import here "
+            f"(install: pip install {' '.join(failures)})")
