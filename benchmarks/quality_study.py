@@ -224,18 +224,19 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=Path(os.environ.get("AIRA_MOE_SOURCE", "../shared/data")),
                         help="Raw benchmark folder for the multiple-choice tasks (layout of ../shared/data).")
     args = parser.parse_args()
-    for option, given, allowed in (("--domains", args.domains, DOMAINS), ("--methods", args.methods, METHODS)):
-        if unknown := [name for name in given.split(",") if name not in allowed]:
+    domains, methods = args.domains.split(","), args.methods.split(",")
+    for option, given, allowed in (("--domains", domains, DOMAINS), ("--methods", methods, METHODS)):
+        if unknown := [name for name in given if name not in allowed]:
             raise SystemExit(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
     if args.score:
-        check_scoring(args.domains.split(","))
+        check_scoring(domains)
     done = finished_runs(args.results)
     grid = [float(x) for x in args.lrs.split(",")]
     chosen = best_rates(args.best_of) if args.best_of else edge_extensions(args.extend_edges) if args.extend_edges else None
     jobs = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        for domain in args.domains.split(","):
-            for method in args.methods.split(","):
+        for domain in domains:
+            for method in methods:
                 for lr in grid if chosen is None else chosen.get((domain, method), []):
                     key = run_key(domain, method, lr, seed)
                     if key not in done:
