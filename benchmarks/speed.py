@@ -204,9 +204,10 @@ def one_time_costs(
     """Calibration over `batches` batches, LOD allocation under `budget` and AwSVD of the full mode, timed."""
     from torch import nn
 
-    from aira_moe.awsvd import apply_awsvd_init
-    from aira_moe.calibration import collect_statistics
-    from aira_moe.rank_allocation import allocate_ranks, block_of, lod_theta
+    from aira_moe.techniques import adapted_layers
+    from aira_moe.techniques.awsvd import apply_awsvd_init
+    from aira_moe.techniques.calibration import collect_statistics
+    from aira_moe.techniques.rank_allocation import allocate_ranks, block_of, lod_theta
 
     def synchronized() -> float:
         if device.type == "cuda":
@@ -217,10 +218,10 @@ def one_time_costs(
     with torch.device(device):
         base = LlamaForCausalLM(config).to(dtype)
     modules = {n: m for n, m in base.named_modules() if isinstance(m, nn.Linear) and n.split(".")[-1] in TARGETS}
-    data = ({"input_ids": torch.randint(0, config.vocab_size, (batch, seq), device=device),
-             "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=device)} for _ in range(batches))
+    data = [{"input_ids": torch.randint(0, config.vocab_size, (batch, seq), device=device),
+             "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=device)} for _ in range(batches)]
     started = synchronized()
-    stats = collect_statistics(base, modules, data, batches)
+    stats = collect_statistics(base, modules, data)
     calibrated = synchronized()
     theta = lod_theta({n: m.weight for n, m in modules.items()}, {n: stats[n].input_norm for n in modules}, 2.0)
     ranks = allocate_ranks([theta[b] for b in sorted(theta)], budget, 2, 32)
@@ -229,7 +230,7 @@ def one_time_costs(
     model = get_peft_model(base, AiraMoeConfig(r=8, num_A=2, num_B=3, target_modules=TARGETS, rank_pattern=rank_pattern,
                                                use_awsvd_init=True, task_type="CAUSAL_LM"))
     injected = synchronized()
-    apply_awsvd_init(model, stats)
+    apply_awsvd_init(adapted_layers(model, "default"), stats)
     done = synchronized()
     return {"model": shape, "calibration_batches": batches, "batch": batch, "seq": seq,
             "calibration_s": round(calibrated - started, 2), "allocation_s": round(allocated - calibrated, 3),

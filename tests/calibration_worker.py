@@ -1,4 +1,4 @@
-"""torchrun worker for test_calibration: statistics, rank allocation and AwSVD on one of 2 gloo processes."""
+"""torchrun worker for test_calibration: statistics and the whole initialisation on one of 2 gloo processes."""
 
 import hashlib
 import json
@@ -13,10 +13,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_llama  # noqa: E402
 from test_calibration import linear_modules, make_batches  # noqa: E402
 
-from aira_moe import AiraMoeConfig  # noqa: E402
-from aira_moe.awsvd import apply_awsvd_init  # noqa: E402
-from aira_moe.calibration import collect_statistics  # noqa: E402
-from aira_moe.rank_allocation import allocate_ranks, lod_theta  # noqa: E402
+from aira_moe import AiraMoeConfig, initialize_aira_moe  # noqa: E402
+from aira_moe.techniques.calibration import CACHE_FILE, collect_statistics  # noqa: E402
+
+CONFIG = dict(r=2, num_A=2, num_B=4, collaboration="heuristic", target_modules="all-linear", use_activation_aware=True,
+              use_layer_wise_rank=True, rank_budget=7, min_rank=2, max_rank=5, lod_threshold_M=1.5,
+              use_awsvd_init=True, awsvd_collect_steps=5)
 
 
 def main(out: Path) -> None:
@@ -26,27 +28,27 @@ def main(out: Path) -> None:
     rank = dist.get_rank()
     if cuda:
         torch.cuda.set_device(rank)
-    model = tiny_llama().to(f"cuda:{rank}" if cuda else "cpu")
-    modules = linear_modules(model)
-    stats = collect_statistics(model, modules, make_batches(count=5), steps=5)
+    device = f"cuda:{rank}" if cuda else "cpu"
+    model = tiny_llama().to(device)
+    stats = collect_statistics(model, linear_modules(model), make_batches(count=5))
     torch.save(
         {n: {"sum_sq_in": s.sum_sq_in, "sum_sq_out": s.sum_sq_out, "tokens": s.tokens} for n, s in stats.items()},
         out / f"stats_rank{rank}.pt",
     )
-    theta = lod_theta({n: m.weight for n, m in modules.items()}, {n: stats[n].input_norm for n in modules}, 1.5)
-    ranks = allocate_ranks([theta[b] for b in sorted(theta)], 7, 2, 5)
-    (out / f"ranks_rank{rank}.json").write_text(json.dumps(ranks))
-    (out / f"checksum_rank{rank}.txt").write_text(awsvd_checksum(model, stats))
+    own_disk = out / f"disk_rank{rank}"  # no shared output_dir: only rank 0's disk ever holds the cache
+    results = {}
+    for attempt in ("first", "second"):
+        peft_model = initialize_aira_moe(tiny_llama().to(device), AiraMoeConfig(**CONFIG), make_batches(count=5),
+                                         output_dir=own_disk, show_progress=False)
+        results[attempt] = checksum(peft_model)
+    results["ranks"] = sorted(peft_model.peft_config["default"].rank_pattern.items())
+    results["cache_on_disk"] = (own_disk / CACHE_FILE).is_file()
+    (out / f"result_rank{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 
 
-def awsvd_checksum(model, stats) -> str:
-    """sha256 over every tensor (factors, residuals, W - P0) after AwSVD with the all-reduced statistics."""
-    from peft import get_peft_model
-
-    config = AiraMoeConfig(r=4, num_A=2, num_B=3, target_modules="all-linear", use_awsvd_init=True)
-    peft_model = get_peft_model(model, config)
-    apply_awsvd_init(peft_model, stats)
+def checksum(peft_model) -> str:
+    """sha256 over every tensor (factors, residuals, W - P0, activation weights)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(peft_model.state_dict().items()):
         digest.update(name.encode())

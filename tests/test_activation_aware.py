@@ -1,18 +1,16 @@
-"""Activation-aware weighting (SPEC 5): the weights, and invariants 1-3 with them switched on."""
+"""Activation-aware weighting (docs/method.md §5): the weights, and invariants 1-3 with them switched on."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from conftest import tiny_llama
-from peft import get_peft_model
-from test_calibration import linear_modules, make_batches
+from test_calibration import make_batches
 from test_layer import aira_layers, reference_delta
 from test_save_load import reload_logits
 
-from aira_moe import AiraMoeConfig
-from aira_moe.activation_aware import activation_weights, apply_activation_weights
-from aira_moe.calibration import collect_statistics
+from aira_moe import AiraMoeConfig, initialize_aira_moe
+from aira_moe.techniques.activation_aware import activation_weights
 
 
 def test_weights_follow_the_formula():
@@ -31,12 +29,11 @@ def test_normalized_weights_are_clipped_and_have_mean_one():
 
 def weighted_model(mode: str, init_weights: bool, normalize: bool = True):
     """A tiny model with calibrated activation weights in `mode` ('inps' or 'outps')."""
-    base = tiny_llama()
-    stats = collect_statistics(base, linear_modules(base), make_batches(count=2), steps=2)
     config = AiraMoeConfig(r=4, num_A=2, num_B=3, collaboration="learned", target_modules="all-linear",
-                           use_activation_aware=True, activation_aware_mode=mode, init_weights=init_weights)
-    model = get_peft_model(base, config).eval()
-    assert apply_activation_weights(model, stats, mode, normalize) == 14
+                           use_activation_aware=True, activation_aware_mode=mode, activation_normalize=normalize,
+                           init_weights=init_weights, awsvd_collect_steps=2)
+    model = initialize_aira_moe(tiny_llama(), config, make_batches(count=2), show_progress=False).eval()
+    assert len(model.state_dict()) and sum(n.endswith(f"aira_w_{mode[:-2]}.default") for n in model.state_dict()) == 14
     return model
 
 

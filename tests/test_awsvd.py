@@ -1,20 +1,17 @@
-"""AwSVD (SPEC 4): the factors, the residual, and invariants 1, 2, 3 and 6 in full mode."""
+"""AwSVD (docs/method.md §4): the factors, one slice per pairing, the residual, invariants 1, 2, 3 and 6 in full mode."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from conftest import run_cli, run_python, tiny_llama
-from peft import get_peft_model
-from test_calibration import linear_modules, make_batches
+from test_calibration import make_batches
 from test_layer import aira_layers
 
-from aira_moe import AiraMoeConfig
-from aira_moe.activation_aware import apply_activation_weights
-from aira_moe.awsvd import apply_awsvd_init, awsvd_factors, randomized_svd
-from aira_moe.calibration import collect_statistics
+from aira_moe import AiraMoeConfig, initialize_aira_moe
+from aira_moe.techniques.awsvd import awsvd_factors, randomized_svd
 
-STRATEGIES = [("fully", 2, 3), ("heuristic", 2, 3), ("learned", 3, 2)]
+STRATEGIES = [("fully", 2, 3), ("heuristic", 2, 3), ("learned", 3, 2), ("learned", 2, 3)]
 
 
 def test_factors_give_the_activation_weighted_principal_part():
@@ -53,17 +50,12 @@ def test_randomized_svd_matches_the_exact_one():
 
 def full_mode_model(collaboration: str, num_A: int, num_B: int, mode: str = "inps"):
     """Tiny model with activation weights, per-module ranks and AwSVD: SPEC's full mode."""
-    base = tiny_llama()
-    stats = collect_statistics(base, linear_modules(base), make_batches(count=2), steps=2)
     config = AiraMoeConfig(
         r=4, num_A=num_A, num_B=num_B, collaboration=collaboration, target_modules="all-linear",
         rank_pattern={"model.layers.1.mlp.down_proj": 6}, use_activation_aware=True, activation_aware_mode=mode,
-        use_awsvd_init=True,
+        use_awsvd_init=True, awsvd_collect_steps=2,
     )
-    model = get_peft_model(base, config).eval()
-    apply_activation_weights(model, stats, mode, normalize=True)
-    assert apply_awsvd_init(model, stats) == 14
-    return model
+    return initialize_aira_moe(tiny_llama(), config, make_batches(count=2), show_progress=False).eval()
 
 
 def train_a_little(model) -> None:
@@ -84,10 +76,45 @@ def test_full_mode_init_reproduces_the_base_model(collaboration, num_A, num_B, m
     torch.testing.assert_close(model(tokens).logits, tiny_llama()(tokens).logits, rtol=0, atol=1e-5)
 
 
-def test_fully_starts_at_the_principal_part():
-    model = full_mode_model("fully", 2, 3)
+def principal_part(layer, rank: int) -> torch.Tensor:
+    """The top-`rank` activation-weighted principal part of the layer's original weight W = W_res + P0."""
+    weight = layer.get_base_layer().weight + layer.residual("default")
+    rms = layer.aira_w_in["default"] ** 2  # inps weights are (rms / mean)^½, normalised: rms up to a factor
+    u, s, vh = torch.linalg.svd(weight * rms, full_matrices=False)
+    return (u[:, :rank] * s[:rank]) @ vh[:rank] / rms
+
+
+@pytest.mark.parametrize("collaboration,num_A,num_B,slices", [("fully", 2, 3, 1), ("heuristic", 2, 3, 2),
+                                                               ("learned", 3, 2, 2), ("learned", 2, 3, 2)])
+def test_each_pairing_starts_on_its_own_slice(collaboration, num_A, num_B, slices):
+    """P0 is the top-(K·r) principal part: K = 1 for fully (rank r by construction), min(M, N) otherwise."""
+    layer = aira_layers(full_mode_model(collaboration, num_A, num_B))[0]
+    delta = layer.get_delta_weight("default")
+    torch.testing.assert_close(delta, layer.residual("default"))
+    assert torch.linalg.matrix_rank(delta, rtol=1e-4).item() == slices * 4
+    torch.testing.assert_close(delta, principal_part(layer, slices * 4), rtol=1e-3, atol=1e-4)
+
+
+def test_heuristic_experts_add_rank_in_training():
+    """The issue's check: heuristic 2 A x 4 B with AwSVD, trained, changes W by more than rank 2r."""
+    batches = make_batches(count=8)
+    config = AiraMoeConfig(r=2, num_A=2, num_B=4, collaboration="heuristic", target_modules=["down_proj"],
+                           use_awsvd_init=True, awsvd_collect_steps=4)
+    model = initialize_aira_moe(tiny_llama(), config, batches, show_progress=False)
     layer = aira_layers(model)[0]
-    torch.testing.assert_close(layer.get_delta_weight("default"), layer.residual("default"))
+    start = layer.get_delta_weight("default").detach().clone()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    torch.manual_seed(0)
+    for batch in batches * 3:
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     labels=batch["input_ids"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    change = layer.get_delta_weight("default").detach() - start
+    rank = torch.linalg.matrix_rank(change, rtol=1e-4).item()
+    assert rank > 2 * 2, rank
+    assert rank == 4 * 2  # ΔW_final (2r directions) minus P0 (2r others)
 
 
 def test_merge_unload_and_disable(tokens):

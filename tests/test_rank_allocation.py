@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from aira_moe.rank_allocation import allocate_ranks, block_of, lod_theta, outlier_fraction, write_allocation
+from aira_moe.techniques.rank_allocation import allocate_ranks, block_of, lod_theta, outlier_fraction, write_allocation
 
 
 def objective(theta, ranks) -> float:

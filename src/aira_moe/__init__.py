@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["AiraMoeConfig", "AiraMoeModel", "install"]
+__all__ = ["AiraMoeConfig", "AiraMoeModel", "initialize_aira_moe", "install"]
 
 
 def install() -> None:
@@ -24,4 +24,8 @@ def __getattr__(name: str) -> Any:
         from . import tuner
 
         return getattr(tuner, name)
+    if name == "initialize_aira_moe":
+        from .techniques import initialize_aira_moe
+
+        return initialize_aira_moe
     raise AttributeError(f"module 'aira_moe' has no attribute {name!r}")

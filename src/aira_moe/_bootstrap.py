@@ -19,14 +19,25 @@ from types import ModuleType
 
 # module imported -> "module:function" that patches it (the function receives the module)
 HOOKS: dict[str, str] = {
-    "peft": "aira_moe.tuner.registration:register_with_peft",
+    "peft": "aira_moe._bootstrap:import_tuner",
     "llamafactory.extras.constants": "aira_moe.integration.patches:patch_constants",
     "llamafactory.hparams.parser": "aira_moe.integration.patches:patch_parser",
     "llamafactory.model.loader": "aira_moe.integration.patches:patch_loader",
+    "llamafactory.data.loader": "aira_moe.integration.patches:patch_data_loader",
     "llamafactory.train.pt.workflow": "aira_moe.integration.patches:patch_workflow",
     "llamafactory.train.sft.workflow": "aira_moe.integration.patches:patch_workflow",
 }
 DISABLE_ENV = "AIRA_MOE_DISABLE_HOOK"
+
+
+def import_tuner(_peft: ModuleType) -> None:
+    """Importing `aira_moe.tuner` registers it with peft.
+
+    When that import is itself what is importing peft, the tuner is already in `sys.modules`,
+    half-built, and registers itself once its classes exist.
+    """
+    if "aira_moe.tuner" not in sys.modules:
+        importlib.import_module("aira_moe.tuner")
 
 
 def _run_hook(name: str, module: ModuleType) -> None:

@@ -7,8 +7,6 @@ when training starts fresh. Loading goes through peft's own `PeftModel.from_pret
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,11 +15,10 @@ from llamafactory.model.model_utils.misc import find_all_linear_modules
 from peft import PeftModel, TaskType, get_peft_model
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from ..activation_aware import apply_activation_weights
-from ..awsvd import apply_awsvd_init
+from ..techniques import initialize_aira_moe
 from ..tuner import AiraMoeConfig
-from . import run_context
-from .techniques import calibrate, layer_wise_rank_pattern, needs_calibration, target_linear_modules
+from . import run_data
+from .arguments import option_values
 
 if TYPE_CHECKING:
     from llamafactory.hparams import FinetuningArguments, ModelArguments
@@ -31,26 +28,11 @@ logger = logging.get_logger("llamafactory.model.aira_moe")
 
 
 def build_config(model: "PreTrainedModel", finetuning_args: "FinetuningArguments") -> AiraMoeConfig:
-    """The peft config of a new adapter from LLaMA-Factory's arguments."""
-    targets = finetuning_args.lora_target
-    if len(targets) == 1 and targets[0] == "all":
-        targets = find_all_linear_modules(model, finetuning_args.freeze_vision_tower)
-    return AiraMoeConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=finetuning_args.lora_rank,
-        lora_alpha=finetuning_args.lora_alpha,
-        lora_dropout=finetuning_args.lora_dropout,
-        use_rslora=finetuning_args.use_rslora,
-        num_A=finetuning_args.num_A,
-        num_B=finetuning_args.num_B,
-        collaboration=finetuning_args.collaboration,
-        use_activation_aware=finetuning_args.use_activation_aware,
-        use_awsvd_init=finetuning_args.use_awsvd_init,
-        activation_aware_mode=finetuning_args.activation_aware_mode,
-        adapter_compute_dtype=finetuning_args.adapter_compute_dtype,
-        target_modules=targets,
-        modules_to_save=finetuning_args.additional_target,
-    )
+    """The peft config of a new adapter from LLaMA-Factory's arguments (`lora_target: all` resolved as LoRA's)."""
+    values = option_values(finetuning_args)
+    if values["target_modules"] == ["all"]:
+        values["target_modules"] = find_all_linear_modules(model, finetuning_args.freeze_vision_tower)
+    return AiraMoeConfig(task_type=TaskType.CAUSAL_LM, **values)
 
 
 def _load_adapters(
@@ -75,26 +57,38 @@ def _load_adapters(
     return model, resume
 
 
+def move_to_training_device(model: "PreTrainedModel", device: torch.device) -> None:
+    """Models built on the CPU (e.g. `train_from_scratch`) would calibrate and run AwSVD on the CPU,
+    about a minute per batch for a 3B model; the Trainer moves them to this device anyway."""
+    if device.type != "cpu" and next(model.parameters()).device.type == "cpu":
+        logger.info_rank0(f"Moving the base model to {device} for calibration (the Trainer would move it there next).")
+        model.to(device)
+
+
 def _create_adapter(model: "PreTrainedModel", finetuning_args: "FinetuningArguments") -> "PreTrainedModel":
-    """Calibrate the frozen base if a technique needs it, allocate ranks, inject, set activation weights."""
+    """A new adapter; with a technique on, initialised on a seeded random sample of this run's training set."""
     config = build_config(model, finetuning_args)
-    if not needs_calibration(finetuning_args):
+    if not config.needs_calibration:
         return get_peft_model(model, config)
-    modules = target_linear_modules(model, config)
-    stats = calibrate(model, modules, finetuning_args)
-    if finetuning_args.use_layer_wise_rank:
-        output_dir = Path(run_context.current().training_args.output_dir)
-        config.rank_pattern = layer_wise_rank_pattern(modules, stats, finetuning_args, output_dir)
-    model = get_peft_model(model, config)
-    if finetuning_args.use_activation_aware:
-        apply_activation_weights(
-            model, stats, finetuning_args.activation_aware_mode, finetuning_args.activation_normalize
+    run = run_data.current()
+    if run is None or run.train_dataset is None:
+        raise ValueError(
+            "aira_moe's activation-informed techniques need the training data, which only "
+            "`llamafactory-cli train` (stage pt or sft) provides."
         )
-    if finetuning_args.use_awsvd_init:
-        started = time.time()
-        count = apply_awsvd_init(model, stats)
-        logger.info_rank0(f"AwSVD initialised {count} layers in {time.time() - started:.1f} s.")
-    return model
+    if is_deepspeed_zero3_enabled():
+        raise ValueError(
+            "DeepSpeed ZeRO-3 partitions the weights that calibration reads; use ZeRO-2 (or no DeepSpeed) "
+            "with use_layer_wise_rank / use_activation_aware / use_awsvd_init."
+        )
+    training_args = run.training_args
+    move_to_training_device(model, training_args.device)
+    loader, sample = run.calibration_loader(config.awsvd_collect_steps, training_args.seed)
+    logger.info_rank0(sample)
+    return initialize_aira_moe(
+        model, config, loader, output_dir=training_args.output_dir,
+        cache_fields=run.cache_fields(str(model.config.name_or_path)),
+    )
 
 
 def init_aira_moe_adapter(

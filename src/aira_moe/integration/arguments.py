@@ -1,29 +1,21 @@
-"""The `aira_moe` options as LLaMA-Factory finetuning arguments, and their validation.
+"""The `aira_moe` options as LLaMA-Factory finetuning arguments, derived from `AiraMoeConfig`'s fields.
 
-All checks run in `__post_init__`, i.e. while LLaMA-Factory parses the YAML or the CLI flags,
-before any model is loaded. YAML values reach the dataclass unconverted, so types are checked
-here too.
+Each option is declared once, in `tuner/config.py`; here it becomes a dataclass field of the
+same name, type, default and help. Checks run in `__post_init__`, i.e. while LLaMA-Factory
+parses the YAML or the CLI flags, before any model is loaded, and are the config's own checks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Optional
+import typing
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, Literal
 
 from llamafactory.hparams.finetuning_args import FinetuningArguments
 
-from ..tuner.config import (
-    ACTIVATION_AWARE_MODES,
-    COLLABORATIONS,
-    COMPUTE_DTYPES,
-    check_choice,
-    check_collaboration,
-    check_int_at_least,
-)
+from ..tuner.config import AiraMoeConfig, check_options
 
 FINETUNING_TYPE = "aira_moe"
-THETA_TYPES = ("lod", "uniform")
-OBJECTIVE_FUNCTIONS = ("log",)
 SUPPORTED_STAGES = ("pt", "sft")
 # LoRA-only options of LLaMA-Factory that have no meaning for aira_moe: field -> value meaning "off"
 REFUSED_LORA_OPTIONS = {
@@ -36,95 +28,40 @@ REFUSED_LORA_OPTIONS = {
     "use_apollo": False,
     "use_badam": False,
 }
+_HINTS = typing.get_type_hints(AiraMoeConfig)
+OUR_OPTIONS = tuple(f.name for f in fields(AiraMoeConfig) if f.metadata.get("argument"))
+# config field -> the LLaMA-Factory (LoRA) argument it is read from
+SHARED_OPTIONS = {f.name: f.metadata["llamafactory"] for f in fields(AiraMoeConfig) if "llamafactory" in f.metadata}
+
+AiraMoeArguments = make_dataclass(
+    "AiraMoeArguments",
+    [
+        (f.name, _HINTS[f.name], field(default=f.default, metadata={"help": f.metadata["help"]}))
+        for f in fields(AiraMoeConfig)
+        if f.metadata.get("argument")
+    ],
+)
+AiraMoeArguments.__doc__ = "The options of `AiraMoeConfig` that LLaMA-Factory users set by name."
 
 
-@dataclass
-class AiraMoeArguments:
-    """Arguments of the AIRA-MoE method; rank, alpha, dropout and targets reuse LLaMA-Factory's `lora_*`."""
-
-    num_A: int = field(default=2, metadata={"help": "Number of A matrices per adapted layer (documented 2-4)."})
-    num_B: int = field(default=3, metadata={"help": "Number of B matrices per adapted layer (documented 3-4)."})
-    collaboration: Literal["fully", "heuristic", "learned"] = field(
-        default="fully",
-        metadata={
-            "help": "How the A's and B's combine: `fully` (all pairs, equivalent to one rank-r adapter with "
-            "scaled learning rates), `heuristic` (fixed pairing, needs num_A <= num_B) or `learned` (trainable Ω)."
-        },
-    )
-    use_layer_wise_rank: bool = field(
-        default=False, metadata={"help": "Allocate ranks per decoder block from outlier statistics (LOD)."}
-    )
-    rank_budget: Optional[int] = field(
-        default=None, metadata={"help": "Sum of the per-block ranks under layer-wise allocation (e.g. 128-256)."}
-    )
-    theta_type: Literal["lod", "uniform"] = field(
-        default="lod", metadata={"help": "Per-block importance: `lod` (outlier fraction) or `uniform` (ablation)."}
-    )
-    objective_function: Literal["log"] = field(
-        default="log", metadata={"help": "Allocation objective: `log` maximises Σ θ_l log r_l."}
-    )
-    min_rank: int = field(default=2, metadata={"help": "Smallest rank a block may get (documented 2-4)."})
-    max_rank: int = field(default=64, metadata={"help": "Largest rank a block may get (documented 32-64)."})
-    lod_threshold_M: float = field(
-        default=2.0, metadata={"help": "A score counts as an outlier above M x the block mean (documented 1.8-2.5)."}
-    )
-    use_awsvd_init: bool = field(
-        default=False, metadata={"help": "Initialise adapters from the activation-weighted SVD of the weight."}
-    )
-    awsvd_collect_steps: int = field(
-        default=100, metadata={"help": "Training batches used to collect activation statistics (documented 100-200)."}
-    )
-    use_activation_aware: bool = field(
-        default=False, metadata={"help": "Scale adapter channels by static activation weights from calibration."}
-    )
-    activation_aware_mode: Literal["inps", "outps"] = field(
-        default="inps", metadata={"help": "Scale the adapter's input channels (`inps`) or output channels (`outps`)."}
-    )
-    activation_normalize: bool = field(
-        default=True, metadata={"help": "Clip activation weights to [0.1, 10] and rescale them to mean 1."}
-    )
-    adapter_compute_dtype: Literal["input", "parameter"] = field(
-        default="input",
-        metadata={
-            "help": "Dtype of the adapter's matmuls: `input` (the activations' dtype, bf16 under `bf16: true`, with "
-            "fp32 master weights) or `parameter` (fp32, as LLaMA-Factory's LoRA computes)."
-        },
-    )
+def argument_name(config_field: str) -> str:
+    """How a LLaMA-Factory user spells a config field (`r` is `lora_rank`)."""
+    return SHARED_OPTIONS.get(config_field, config_field)
 
 
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be true or false, got {value!r} ({type(value).__name__}).")
-
-
-def _check_positive_number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"`{name}` must be a number > 0, got {value!r}.")
+def option_values(args: Any) -> dict[str, Any]:
+    """The config fields' values as LLaMA-Factory's arguments hold them (`r` from `lora_rank`, ...)."""
+    values = {name: getattr(args, name) for name in OUR_OPTIONS}
+    values.update({name: getattr(args, argument) for name, argument in SHARED_OPTIONS.items()})
+    values["rank_pattern"] = {}
+    return values
 
 
 def validate_aira_moe_arguments(args: "AiraMoeFinetuningArguments") -> None:
-    """Check every aira_moe option; each message names the field, the value and what is allowed."""
-    for name in ("num_A", "num_B", "lora_rank", "min_rank", "max_rank", "awsvd_collect_steps"):
-        check_int_at_least(name, getattr(args, name), 1)
-    for name in ("use_layer_wise_rank", "use_awsvd_init", "use_activation_aware", "activation_normalize", "use_rslora"):
-        _check_bool(name, getattr(args, name))
-    check_collaboration(args.collaboration, args.num_A, args.num_B)
-    check_choice("theta_type", args.theta_type, THETA_TYPES)
-    check_choice("objective_function", args.objective_function, OBJECTIVE_FUNCTIONS)
-    check_choice("activation_aware_mode", args.activation_aware_mode, ACTIVATION_AWARE_MODES)
-    check_choice("adapter_compute_dtype", args.adapter_compute_dtype, COMPUTE_DTYPES)
-    _check_positive_number("lod_threshold_M", args.lod_threshold_M)
-    if args.min_rank > args.max_rank:
-        raise ValueError(f"`min_rank` ({args.min_rank}) must not exceed `max_rank` ({args.max_rank}).")
-    if args.rank_budget is not None:
-        check_int_at_least("rank_budget", args.rank_budget, 1)
-    if args.use_layer_wise_rank and args.rank_budget is None:
-        raise ValueError("`use_layer_wise_rank: true` needs `rank_budget` (the sum of per-block ranks, e.g. 128).")
-    if isinstance(args.lora_dropout, bool) or not isinstance(args.lora_dropout, (int, float)):
-        raise ValueError(f"`lora_dropout` must be a number in [0, 1), got {args.lora_dropout!r}.")
-    if not 0 <= args.lora_dropout < 1:
-        raise ValueError(f"`lora_dropout` must be in [0, 1), got {args.lora_dropout}.")
-    check_choice("stage", args.stage, SUPPORTED_STAGES)
+    """The config's checks under LLaMA-Factory's names, then the rules of the LLaMA-Factory side."""
+    check_options(option_values(args), label=argument_name)
+    if args.stage not in SUPPORTED_STAGES:
+        raise ValueError(f"`stage` must be one of {', '.join(SUPPORTED_STAGES)} with finetuning_type aira_moe; got {args.stage!r}.")
     for name, off in REFUSED_LORA_OPTIONS.items():
         if getattr(args, name, off) != off:
             raise ValueError(
@@ -154,6 +91,3 @@ class AiraMoeFinetuningArguments(FinetuningArguments, AiraMoeArguments):
             super().__post_init__()
         finally:
             self.finetuning_type = FINETUNING_TYPE
-
-
-__all__ = ["AiraMoeArguments", "AiraMoeFinetuningArguments", "COLLABORATIONS", "FINETUNING_TYPE"]

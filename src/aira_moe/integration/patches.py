@@ -56,31 +56,11 @@ def _verify_model_args(original: Callable) -> Callable:
     def verify(model_args, data_args, finetuning_args) -> None:
         if finetuning_args.finetuning_type != FINETUNING_TYPE:
             return original(model_args, data_args, finetuning_args)
-        for name in ("quantization_bit", "use_unsloth", "use_kt"):
-            value = getattr(model_args, name, None)
-            if value not in (None, False):
-                raise ValueError(
-                    f"`{name}: {value!r}` is not supported with finetuning_type aira_moe "
-                    f"(quantised bases, Unsloth and KTransformers are LoRA-only for now); remove it."
-                )
-        # With quantisation refused, what remains of the stock check is the LoRA-only adapter rule.
-        if finetuning_args.use_layer_wise_rank:
-            _check_rank_budget(model_args, finetuning_args)
+        from .checks import check_before_loading
+
+        check_before_loading(model_args, data_args, finetuning_args)
 
     return verify
-
-
-def _check_rank_budget(model_args, finetuning_args) -> None:
-    """Infeasible budgets fail now, from the model's config alone, before any weight is loaded."""
-    from transformers import AutoConfig
-
-    from ..rank_allocation import check_budget
-
-    config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    config = getattr(config, "text_config", None) or config
-    check_budget(
-        config.num_hidden_layers, finetuning_args.rank_budget, finetuning_args.min_rank, finetuning_args.max_rank
-    )
 
 
 def _set_lora_training_defaults(training_args, finetuning_args) -> None:
@@ -130,22 +110,79 @@ def patch_parser(parser: ModuleType) -> None:
     _wrap(parser, "_verify_model_args", _verify_model_args)
 
 
-def _record_run_context(original: Callable) -> Callable:
-    """Remember the dataset the workflow builds before loading the model, for calibration."""
+def _run_in_scope(original: Callable) -> Callable:
+    """An `aira_moe` workflow runs inside its own `training_run()` scope, which ends with it."""
 
-    def get_dataset(template, model_args, data_args, training_args, stage, **tokenizer_module):
-        dataset_module = original(template, model_args, data_args, training_args, stage=stage, **tokenizer_module)
-        from .run_context import RunContext, record
+    def run(model_args, data_args, training_args, finetuning_args, *args, **kwargs):
+        if finetuning_args.finetuning_type != FINETUNING_TYPE:
+            return original(model_args, data_args, training_args, finetuning_args, *args, **kwargs)
+        from .run_data import training_run
 
-        record(RunContext(template, model_args, data_args, training_args, stage, tokenizer_module, dataset_module))
+        with training_run():
+            return original(model_args, data_args, training_args, finetuning_args, *args, **kwargs)
+
+    return run
+
+
+def patch_workflow(workflow: ModuleType) -> None:
+    """The pt and sft workflows (`run_pt`, `run_sft`), bound by name in their packages and the tuner."""
+    name = "run_pt" if hasattr(workflow, "run_pt") else "run_sft"
+    _wrap(workflow, name, _run_in_scope)
+
+
+def _tag_rows(original: Callable) -> Callable:
+    """Inside a run's scope, each loaded dataset's rows carry its name, which merging and splitting keep."""
+
+    def load(dataset_attr, model_args, data_args, training_args):
+        dataset = original(dataset_attr, model_args, data_args, training_args)
+        from .run_data import SOURCE_COLUMN, current
+
+        if current() is not None and not data_args.streaming and hasattr(dataset, "add_column"):
+            dataset = dataset.add_column(SOURCE_COLUMN, [dataset_attr.dataset_name] * len(dataset))
+        return dataset
+
+    return load
+
+
+def _untag_and_record(original: Callable) -> Callable:
+    """Tokenize without the tag; for the training set, keep the row -> dataset map it gives."""
+
+    def preprocess(dataset, data_args, training_args, stage, template, tokenizer, processor=None, is_eval=False):
+        from .run_data import SOURCE_COLUMN, current
+
+        sources = None
+        if dataset is not None and SOURCE_COLUMN in (getattr(dataset, "column_names", None) or []):
+            sources = list(dataset[SOURCE_COLUMN])
+            dataset = dataset.remove_columns(SOURCE_COLUMN)
+        result = original(dataset, data_args, training_args, stage, template, tokenizer, processor, is_eval=is_eval)
+        run = current()
+        if run is not None and not is_eval and sources is not None:
+            run.record_sources(sources, len(result), packed=stage == "pt" or bool(data_args.packing))
+        return result
+
+    return preprocess
+
+
+def _record_dataset(original: Callable) -> Callable:
+    def get_dataset(template, model_args, data_args, training_args, stage, tokenizer, processor=None):
+        dataset_module = original(template, model_args, data_args, training_args, stage, tokenizer, processor)
+        from .run_data import current
+
+        run = current()
+        if run is not None:
+            run.template, run.data_args, run.training_args, run.stage = template, data_args, training_args, stage
+            run.tokenizer_module = {"tokenizer": tokenizer, "processor": processor}
+            run.train_dataset = dataset_module.get("train_dataset")
         return dataset_module
 
     return get_dataset
 
 
-def patch_workflow(workflow: ModuleType) -> None:
-    """The pt and sft workflows call `get_dataset` through the name bound in their module."""
-    _wrap(workflow, "get_dataset", _record_run_context)
+def patch_data_loader(loader: ModuleType) -> None:
+    """`get_dataset` calls the loader's helpers through its module's names; `llamafactory.data` binds it after."""
+    _wrap(loader, "_load_single_dataset", _tag_rows)
+    _wrap(loader, "_get_preprocessed_dataset", _untag_and_record)
+    _wrap(loader, "get_dataset", _record_dataset)
 
 
 def _init_adapter(original: Callable) -> Callable:

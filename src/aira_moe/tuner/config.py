@@ -1,22 +1,165 @@
-"""`AiraMoeConfig`: everything needed to rebuild an AIRA-MoE adapter's shapes without data."""
+"""`AiraMoeConfig`: every AIRA-MoE option, declared once, with its help text and its checks.
+
+The LLaMA-Factory arguments are derived from these fields (`integration/arguments.py`): a field
+whose metadata has `argument` becomes a LLaMA-Factory option of the same name; a field with
+`llamafactory` is read from the LoRA option LLaMA-Factory already has (`lora_rank` for `r`).
+The saved `adapter_config.json` therefore records how the adapter was initialised too.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Optional, Union
 
 from peft.config import PeftConfig
 from peft.utils.peft_types import PeftType
 
-from .registration import PEFT_TYPE, add_peft_type
+from .peft_type import PEFT_TYPE, add_peft_type
 
 add_peft_type()
 
-COLLABORATIONS = ("fully", "heuristic", "learned")
-ACTIVATION_AWARE_MODES = ("inps", "outps")
-COMPUTE_DTYPES = ("input", "parameter")
-
 Collaboration = Literal["fully", "heuristic", "learned"]
+
+
+def option(default: Any, help: str) -> Any:
+    """A field of our own that LLaMA-Factory users set under the same name."""
+    return field(default=default, metadata={"help": help, "argument": True})
+
+
+def lora_option(default: Any, help: str, llamafactory: str) -> Any:
+    """A field LLaMA-Factory users set through an existing LoRA option (`llamafactory`)."""
+    return field(default=default, metadata={"help": help, "llamafactory": llamafactory})
+
+
+@dataclass
+class AiraMoeConfig(PeftConfig):
+    """Configuration of an AIRA-MoE adapter (docs/method.md).
+
+    Per-module ranks (`rank_pattern`) are stored here so that a layer-wise-rank adapter reloads
+    with the right shapes and no calibration; the activation weights and the AwSVD residual are
+    buffers in the adapter's state dict. The technique options describe how
+    `aira_moe.initialize_aira_moe` initialises the adapter; `get_peft_model` alone ignores them.
+    """
+
+    r: int = lora_option(8, "Rank r of every A_i and B_j unless `rank_pattern` says otherwise.", "lora_rank")
+    lora_alpha: float = lora_option(16, "Scaling numerator: s = lora_alpha / r.", "lora_alpha")
+    lora_dropout: float = lora_option(0.0, "Dropout on the adapter's input.", "lora_dropout")
+    use_rslora: bool = lora_option(False, "Use s = lora_alpha / sqrt(r).", "use_rslora")
+    target_modules: Optional[Union[list[str], str]] = lora_option(
+        None, "Module names (or a regex) to adapt; 'all-linear' for every linear layer.", "lora_target"
+    )
+    modules_to_save: Optional[list[str]] = lora_option(
+        None, "Extra modules trained in full and saved with the adapter.", "additional_target"
+    )
+    num_A: int = option(2, "Number of A matrices (experts on the input side) per adapted layer (documented 2-4).")
+    num_B: int = option(3, "Number of B matrices (experts on the output side) per adapted layer (documented 3-4).")
+    collaboration: Collaboration = option(
+        "fully",
+        "How the A's and B's combine: `fully` (all pairs; exactly one rank-r adapter with scaled learning rates, "
+        "so extra experts add no rank), `heuristic` (fixed pairing, needs num_A <= num_B) or `learned` "
+        "(trainable Ω); with the last two the experts can hold min(num_A, num_B) x r directions.",
+    )
+    adapter_compute_dtype: Literal["input", "parameter"] = option(
+        "input",
+        "Dtype of the adapter's matmuls: `input` runs them in the activations' dtype (bf16 on a bf16 model) while "
+        "the trainable weights keep their own dtype (fp32 masters under LLaMA-Factory), as autocast does; "
+        "`parameter` runs them in the weights' dtype, as peft's LoRA does.",
+    )
+    use_activation_aware: bool = option(False, "Scale adapter channels by static activation weights from calibration.")
+    activation_aware_mode: Literal["inps", "outps"] = option(
+        "inps", "Scale the adapter's input channels (`inps`, from rms_in) or output channels (`outps`, from rms_out)."
+    )
+    activation_normalize: bool = option(True, "Clip activation weights to [0.1, 10] and rescale them to mean 1.")
+    use_layer_wise_rank: bool = option(False, "Allocate ranks per decoder block from outlier statistics (LOD).")
+    rank_budget: Optional[int] = option(
+        None, "Sum over decoder blocks of the per-expert rank r_l under layer-wise allocation (e.g. 128-256)."
+    )
+    theta_type: Literal["lod", "uniform"] = option(
+        "lod", "Per-block importance: `lod` (outlier fraction) or `uniform` (ablation)."
+    )
+    objective_function: Literal["log"] = option("log", "Allocation objective: `log` maximises Σ θ_l log r_l.")
+    min_rank: int = option(2, "Smallest rank a block may get (documented 2-4).")
+    max_rank: int = option(64, "Largest rank a block may get (documented 32-64).")
+    lod_threshold_M: float = option(2.0, "A score counts as an outlier above M x the block mean (documented 1.8-2.5).")
+    use_awsvd_init: bool = option(
+        False,
+        "Initialise the experts from the activation-weighted SVD of the weight (each pairing its own slice under "
+        "heuristic / learned) and subtract their product P0 from the frozen weight; P0 is saved with the adapter.",
+    )
+    awsvd_collect_steps: int = option(
+        100, "Calibration batches (a seeded random sample of the training set), used by every technique (100-200)."
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Module names (or a regex) never to adapt."}
+    )
+    rank_pattern: dict[str, int] = field(
+        default_factory=dict,
+        metadata={"help": "Module name (or regex) -> rank, overriding `r`; written by layer-wise rank allocation."},
+    )
+    init_weights: bool = field(
+        default=True, metadata={"help": "LoRA-style init (A random, B zero); False gives random B (tests only)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PeftType(PEFT_TYPE)
+        check_options({f.name: getattr(self, f.name) for f in fields(self)})
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, list):
+            self.exclude_modules = set(self.exclude_modules)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether any activation-informed technique is on (all three read the calibration statistics)."""
+        return self.use_activation_aware or self.use_layer_wise_rank or self.use_awsvd_init
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The allowed values of a Literal-typed option, read from its one declaration."""
+    hint = typing.get_type_hints(AiraMoeConfig)[name]
+    return typing.get_args(hint)
+
+
+INTEGER_OPTIONS = ("r", "num_A", "num_B", "min_rank", "max_rank", "awsvd_collect_steps")
+BOOLEAN_OPTIONS = ("use_rslora", "use_activation_aware", "activation_normalize", "use_layer_wise_rank", "use_awsvd_init")
+CHOICE_OPTIONS = ("collaboration", "adapter_compute_dtype", "activation_aware_mode", "theta_type", "objective_function")
+
+
+def check_options(values: Mapping[str, Any], label: Callable[[str], str] = str) -> None:
+    """Check option values; each message names the option (as `label` spells it), the value and what is allowed.
+
+    Values from YAML reach the checks unconverted, so types are checked as well as ranges.
+    """
+    for name in INTEGER_OPTIONS:
+        check_int_at_least(label(name), values[name], 1)
+    for name in BOOLEAN_OPTIONS:
+        if not isinstance(values[name], bool):
+            raise ValueError(f"`{label(name)}` must be true or false, got {values[name]!r} ({type(values[name]).__name__}).")
+    for name in CHOICE_OPTIONS:
+        if values[name] not in choices(name):
+            raise ValueError(f"`{label(name)}` must be one of {', '.join(choices(name))}; got {values[name]!r}.")
+    dropout = values["lora_dropout"]
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"`{label('lora_dropout')}` must be a number in [0, 1), got {dropout!r}.")
+    threshold = values["lod_threshold_M"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
+        raise ValueError(f"`{label('lod_threshold_M')}` must be a number > 0, got {threshold!r}.")
+    if values["collaboration"] == "heuristic" and values["num_A"] > values["num_B"]:
+        raise ValueError(
+            f"`{label('collaboration')}: heuristic` needs num_A <= num_B (each A owns at least one B); "
+            f"got num_A={values['num_A']}, num_B={values['num_B']}. Use `fully` or `learned`, or raise num_B."
+        )
+    if values["min_rank"] > values["max_rank"]:
+        raise ValueError(f"`min_rank` ({values['min_rank']}) must not exceed `max_rank` ({values['max_rank']}).")
+    if values["rank_budget"] is not None:
+        check_int_at_least(label("rank_budget"), values["rank_budget"], 1)
+    elif values["use_layer_wise_rank"]:
+        raise ValueError("`use_layer_wise_rank: true` needs `rank_budget` (the sum of per-block ranks, e.g. 128).")
+    for name, rank in values["rank_pattern"].items():
+        check_int_at_least(f"rank_pattern[{name!r}]", rank, 1)
 
 
 def check_int_at_least(name: str, value: object, minimum: int) -> None:
@@ -27,87 +170,6 @@ def check_int_at_least(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value}.")
 
 
-def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    """Raise a ValueError naming the field unless `value` is one of `allowed`."""
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {', '.join(allowed)}; got {value!r}.")
-
-
-def check_collaboration(collaboration: object, num_A: int, num_B: int) -> None:
-    """`heuristic` hands each A a block of B's, so it needs at least as many B's as A's."""
-    check_choice("collaboration", collaboration, COLLABORATIONS)
-    if collaboration == "heuristic" and num_A > num_B:
-        raise ValueError(
-            f"`collaboration: heuristic` needs num_A <= num_B (each A owns at least one B); "
-            f"got num_A={num_A}, num_B={num_B}. Use `fully` or `learned`, or raise num_B."
-        )
-
-
-@dataclass
-class AiraMoeConfig(PeftConfig):
-    """Configuration of an AIRA-MoE adapter (SPEC section 1).
-
-    Per-module ranks (`rank_pattern`) are stored here so that a layer-wise-rank adapter reloads
-    with the right shapes and no calibration. The activation weights themselves are buffers in
-    the adapter's state dict, not config entries.
-    """
-
-    r: int = field(default=8, metadata={"help": "Rank of every A_i / B_j unless `rank_pattern` says otherwise."})
-    lora_alpha: float = field(default=16, metadata={"help": "Scaling numerator: s = lora_alpha / r."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input."})
-    use_rslora: bool = field(default=False, metadata={"help": "Use s = lora_alpha / sqrt(r)."})
-    num_A: int = field(default=2, metadata={"help": "Number of A matrices (experts on the input side)."})
-    num_B: int = field(default=3, metadata={"help": "Number of B matrices (experts on the output side)."})
-    collaboration: Collaboration = field(
-        default="fully", metadata={"help": "How A's and B's combine: fully, heuristic or learned (SPEC 1)."}
-    )
-    target_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Module names (or a regex) to adapt; 'all-linear' for every linear layer."}
-    )
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Module names (or a regex) never to adapt."}
-    )
-    rank_pattern: dict[str, int] = field(
-        default_factory=dict,
-        metadata={"help": "Module name (or regex) -> rank, overriding `r`; written by layer-wise rank allocation."},
-    )
-    use_activation_aware: bool = field(
-        default=False, metadata={"help": "Layers carry static per-channel activation weights (SPEC 5)."}
-    )
-    activation_aware_mode: str = field(
-        default="inps", metadata={"help": "Which side the activation weights scale: inps or outps."}
-    )
-    use_awsvd_init: bool = field(
-        default=False,
-        metadata={"help": "Layers carry an AwSVD residual P0 (subtracted from W), saved with the adapter (SPEC 4)."},
-    )
-    adapter_compute_dtype: str = field(
-        default="input",
-        metadata={
-            "help": "Dtype of the adapter's matmuls: `input` runs them in the activations' dtype (bf16 on a bf16 "
-            "model) while the trainable weights stay in their own dtype (fp32 masters under LLaMA-Factory), as "
-            "autocast does; `parameter` runs them in the weights' dtype, as peft's LoRA does."
-        },
-    )
-    modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "Extra modules trained in full and saved with the adapter."}
-    )
-    init_weights: bool = field(
-        default=True, metadata={"help": "LoRA-style init (A random, B zero); False gives random B (tests only)."}
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.peft_type = PeftType(PEFT_TYPE)
-        check_int_at_least("r", self.r, 1)
-        check_int_at_least("num_A", self.num_A, 1)
-        check_int_at_least("num_B", self.num_B, 1)
-        check_collaboration(self.collaboration, self.num_A, self.num_B)
-        check_choice("activation_aware_mode", self.activation_aware_mode, ACTIVATION_AWARE_MODES)
-        check_choice("adapter_compute_dtype", self.adapter_compute_dtype, COMPUTE_DTYPES)
-        for name, rank in self.rank_pattern.items():
-            check_int_at_least(f"rank_pattern[{name!r}]", rank, 1)
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
-        if isinstance(self.exclude_modules, list):
-            self.exclude_modules = set(self.exclude_modules)
+def expert_pairings(collaboration: str, num_A: int, num_B: int) -> int:
+    """How many rank-r slices the experts can hold: 1 for `fully` (one rank-r product), else min(num_A, num_B)."""
+    return 1 if collaboration == "fully" else min(num_A, num_B)

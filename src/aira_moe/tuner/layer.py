@@ -1,4 +1,4 @@
-"""The AIRA-MoE layer: several A's and several B's around a frozen linear layer (SPEC section 1).
+"""The AIRA-MoE layer: several A's and several B's around a frozen linear layer (docs/method.md §1).
 
 The experts of one layer are stored stacked, `A` as one `(num_A * r, d_in)` tensor and `B` as one
 `(d_out, num_B * r)` tensor, so the forward is two GEMMs and a tiny `(num_B, num_A)` mix in
@@ -55,9 +55,9 @@ class AiraMoeLayer(BaseTunerLayer):
         self.aira_B = nn.ParameterDict({})
         self.aira_omega = nn.ParameterDict({})  # learned collaboration only
         self.aira_mix = BufferDict({}, persistent=False)  # fixed collaboration: rebuilt from the config
-        self.aira_w_in = BufferDict({}, persistent=True)  # activation weights (SPEC 5), `inps` mode
-        self.aira_w_out = BufferDict({}, persistent=True)  # activation weights (SPEC 5), `outps` mode
-        # AwSVD residual P0 = left @ right, subtracted from the frozen weight (SPEC 4); saved so that
+        self.aira_w_in = BufferDict({}, persistent=True)  # activation weights (docs/method.md §5), `inps`
+        self.aira_w_out = BufferDict({}, persistent=True)  # activation weights (docs/method.md §5), `outps`
+        # AwSVD residual P0 = left @ right, subtracted from the frozen weight (docs/method.md §4); saved so that
         # loading onto the original base rebuilds W - P0 without calibration or SVD.
         self.aira_res_left = BufferDict({}, persistent=True)
         self.aira_res_right = BufferDict({}, persistent=True)
@@ -115,6 +115,9 @@ class AiraMoeLayer(BaseTunerLayer):
             self.aira_w_in[adapter_name] = torch.ones(self.in_features)
         elif activation_aware_mode == "outps":
             self.aira_w_out[adapter_name] = torch.ones(self.out_features)
+        if adapter_name in self.aira_res_left:  # rebuilt under the same name: W must not keep the old P0
+            self.clear_residual(adapter_name)
+            del self.aira_res_left[adapter_name], self.aira_res_right[adapter_name]
         if awsvd_residual:  # zero until AwSVD initialises it or a saved adapter is loaded
             self.aira_res_left[adapter_name] = torch.zeros(self.out_features, num_A * r)
             self.aira_res_right[adapter_name] = torch.zeros(num_A * r, self.in_features)
@@ -208,21 +211,37 @@ class AiraMoeLayer(BaseTunerLayer):
         self.set_residual(adapter_name, torch.zeros_like(left), torch.zeros_like(right))
 
     @torch.no_grad()
-    def initialise_from_principal_part(self, adapter_name: str, B0: torch.Tensor, A0: torch.Tensor) -> None:
-        """Experts A_i = A0 / M, B_j = B0 · M / ΣΩ, so that ΔW = s · B0 A0 for every strategy; then W -= P0.
+    def initialise_from_slices(self, adapter_name: str, B0: torch.Tensor, A0: torch.Tensor) -> None:
+        """Start the experts at s · B0 A0 (the principal part, K = `expert_pairings` slices of r), then W -= P0.
 
-        Activation weights are divided out of A0 and B0 first, so the weighted adapter still starts
-        at s · B0 A0. P0 is whatever the experts make it, read back from the layer itself.
+        `fully` is one rank-r product by construction: A_i = A0 / M, B_j = B0 / N. `heuristic` gives A_i
+        slice i and splits it over the B's A_i owns. `learned` pairs A_k with B_k on slice k (Ω's K x K
+        block starts as the identity, its other entries keep their start) and starts the experts beyond
+        min(M, N) at zero, linked through Ω so they still receive gradients. Distinct slices make the
+        experts differ, so their gradients differ and the extra experts add rank (docs/method.md §4).
+        Activation weights are divided out first; P0 is read back from the layer itself.
         """
-        num_A, num_B = self.num_A[adapter_name], self.num_B[adapter_name]
+        num_A, num_B, r = self.num_A[adapter_name], self.num_B[adapter_name], self.r[adapter_name]
         if adapter_name in self.aira_w_in:
             A0 = A0 / self.aira_w_in[adapter_name].float().clamp_min(1e-6)
         if adapter_name in self.aira_w_out:
             B0 = B0 / self.aira_w_out[adapter_name].float().clamp_min(1e-6)[:, None]
-        omega_total = float(self.omega(adapter_name).sum())
-        A, B = self.aira_A[adapter_name], self.aira_B[adapter_name]
-        A.copy_((A0 / num_A).repeat(num_A, 1).to(A))
-        B.copy_((B0 * num_A / omega_total).repeat(1, num_B).to(B))
+        collaboration = self.collaboration[adapter_name]
+        if collaboration == "fully":
+            A, B = (A0 / num_A).repeat(num_A, 1), (B0 / num_B).repeat(1, num_B)
+        elif collaboration == "heuristic":
+            owners = self.omega(adapter_name).argmax(dim=1).tolist()
+            shares = [owners.count(owner) for owner in owners]
+            A = A0
+            B = torch.cat([B0[:, o * r : (o + 1) * r] / share for o, share in zip(owners, shares)], dim=1)
+        else:
+            pairs = min(num_A, num_B)
+            A, B = A0.new_zeros(num_A * r, self.in_features), B0.new_zeros(self.out_features, num_B * r)
+            A[: pairs * r], B[:, : pairs * r] = A0, B0
+            omega = self.aira_omega[adapter_name]
+            omega[:pairs, :pairs] = torch.eye(pairs, dtype=omega.dtype, device=omega.device)
+        self.aira_A[adapter_name].copy_(A)
+        self.aira_B[adapter_name].copy_(B)
         self.set_residual(adapter_name, *self.delta_factors(adapter_name))
 
     @staticmethod

@@ -11,6 +11,25 @@ from .config import AiraMoeConfig
 from .layer import AiraMoeLayer, Linear
 
 
+def layer_kwargs(config: AiraMoeConfig, key: str) -> dict:
+    """`update_layer`'s arguments for the module at `key` (its rank from `rank_pattern`, else `r`)."""
+    rank_key = get_pattern_key(config.rank_pattern.keys(), key)
+    return {
+        "r": config.rank_pattern.get(rank_key, config.r),
+        "lora_alpha": config.lora_alpha,
+        "lora_dropout": config.lora_dropout,
+        "num_A": config.num_A,
+        "num_B": config.num_B,
+        "collaboration": config.collaboration,
+        "use_rslora": config.use_rslora,
+        "init_weights": config.init_weights,
+        "inference_mode": config.inference_mode,
+        "activation_aware_mode": config.activation_aware_mode if config.use_activation_aware else None,
+        "awsvd_residual": config.use_awsvd_init,
+        "compute_dtype": config.adapter_compute_dtype,
+    }
+
+
 class AiraMoeModel(BaseTuner):
     """Creates AIRA-MoE adapters on a transformers model (see `AiraMoeConfig`).
 
@@ -32,21 +51,7 @@ class AiraMoeModel(BaseTuner):
         current_key: str,
         parameter_name: str | None = None,
     ) -> None:
-        rank_key = get_pattern_key(config.rank_pattern.keys(), current_key)
-        kwargs = {
-            "r": config.rank_pattern.get(rank_key, config.r),
-            "lora_alpha": config.lora_alpha,
-            "lora_dropout": config.lora_dropout,
-            "num_A": config.num_A,
-            "num_B": config.num_B,
-            "collaboration": config.collaboration,
-            "use_rslora": config.use_rslora,
-            "init_weights": config.init_weights,
-            "inference_mode": config.inference_mode,
-            "activation_aware_mode": config.activation_aware_mode if config.use_activation_aware else None,
-            "awsvd_residual": config.use_awsvd_init,
-            "compute_dtype": config.adapter_compute_dtype,
-        }
+        kwargs = layer_kwargs(config, current_key)
         if isinstance(target, AiraMoeLayer):
             target.update_layer(adapter_name, **kwargs)
             return

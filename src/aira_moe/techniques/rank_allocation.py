@@ -1,10 +1,12 @@
-"""Layer-wise rank allocation under a budget (SPEC section 3).
+"""Layer-wise rank allocation under a budget (docs/method.md §3).
 
 θ_l measures how outlier-heavy decoder block l is (LOD, as in OWL): the fraction of its pooled
 scores |W_ij|·‖X_j‖₂ above M x their mean. Ranks then maximise Σ_l θ_l log r_l with
 Σ_l r_l = budget and min_rank <= r_l <= max_rank. The objective is separable and concave, so
 handing out one rank at a time to the block with the largest marginal gain θ_l·log((r+1)/r)
-gives the exact integer optimum.
+gives the exact integer optimum. The budget counts the per-expert rank r_l that `lora_rank` sets
+elsewhere, whatever the collaboration: trainable parameters are (M·d_in + N·d_out)·r_l in every
+strategy, while the directions AwSVD starts from are r_l (`fully`) or min(M, N)·r_l.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from ..logs import info_main
+from ..tuner.config import AiraMoeConfig
+from .distributed import is_main_process
 
 _BLOCK = re.compile(r"\.(\d+)\.")
 
@@ -102,3 +108,28 @@ def write_allocation(output_dir: Path, theta: list[float], ranks: list[int], the
     fig.tight_layout()
     fig.savefig(output_dir / "rank_allocation.png", dpi=120)
     plt.close(fig)
+
+
+def largest_block_rank(config: AiraMoeConfig, num_blocks: int) -> int:
+    """The largest rank the allocation can give one block (`r` or the rank pattern without allocation)."""
+    if not config.use_layer_wise_rank:
+        return max([config.r, *config.rank_pattern.values()])
+    return min(config.max_rank, config.rank_budget - (num_blocks - 1) * config.min_rank)
+
+
+def layer_wise_rank_pattern(
+    weights: Mapping[str, torch.Tensor], stats: Mapping, config: AiraMoeConfig, output_dir: Path | None
+) -> dict[str, int]:
+    """Per-module ranks (one per decoder block) from θ and the budget; the allocation is written to `output_dir`."""
+    blocks = sorted({block_of(name) for name in weights})
+    if config.theta_type == "lod":
+        theta_by_block = lod_theta(weights, {name: stats[name].input_norm for name in weights}, config.lod_threshold_M)
+    else:
+        theta_by_block = dict.fromkeys(blocks, 1.0)
+    theta = [theta_by_block[block] for block in blocks]
+    ranks = allocate_ranks(theta, config.rank_budget, config.min_rank, config.max_rank)
+    info_main(f"Layer-wise ranks (budget {config.rank_budget}): {ranks}")
+    if output_dir is not None and is_main_process():
+        write_allocation(Path(output_dir), theta, ranks, config.theta_type)
+    rank_of_block = dict(zip(blocks, ranks))
+    return {name: rank_of_block[block_of(name)] for name in weights}

@@ -1,0 +1,108 @@
+"""Checks of an `aira_moe` run that need more than the arguments, made while they are parsed.
+
+They read small files only (the model's `config.json`, each adapter's `adapter_config.json`) and
+build the model on the meta device for its layer shapes, so a bad value stops the run before any
+weight is loaded and before calibration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from ..tuner.peft_type import PEFT_TYPE
+from .arguments import argument_name, option_values
+
+REFUSED_MODEL_OPTIONS = ("quantization_bit", "use_unsloth", "use_kt")
+
+
+def check_before_loading(model_args: Any, data_args: Any, finetuning_args: Any) -> None:
+    """Everything that can be refused before the model loads; each message names the field and what is allowed."""
+    for name in REFUSED_MODEL_OPTIONS:
+        value = getattr(model_args, name, None)
+        if value not in (None, False):
+            raise ValueError(
+                f"`{name}: {value!r}` is not supported with finetuning_type aira_moe "
+                f"(quantised bases, Unsloth and KTransformers are LoRA-only for now); remove it."
+            )
+    for path in model_args.adapter_name_or_path or []:
+        check_adapter(Path(path), model_args.adapter_folder)
+    techniques = [name for name in ("use_layer_wise_rank", "use_activation_aware", "use_awsvd_init")
+                  if getattr(finetuning_args, name)]
+    if techniques and getattr(data_args, "streaming", False):
+        raise ValueError(
+            f"`streaming: true` cannot be combined with {', '.join(techniques)}: calibration samples the training set "
+            "at random, which needs a map-style dataset; turn streaming off or use basic mode."
+        )
+    if finetuning_args.use_layer_wise_rank or finetuning_args.use_awsvd_init:
+        check_model_shapes(model_args, finetuning_args)
+
+
+def check_adapter(path: Path, subfolder: Optional[str]) -> None:
+    """A local adapter must be an AIRA-MoE adapter with a readable config (hub ids are checked by peft later)."""
+    folder = path / subfolder if subfolder else path
+    if not folder.is_dir():
+        return
+    config_file = folder / "adapter_config.json"
+    try:
+        peft_type = json.loads(config_file.read_text(encoding="utf-8")).get("peft_type")
+    except FileNotFoundError:
+        raise ValueError(f"`adapter_name_or_path`: {folder} has no adapter_config.json; is it an adapter folder?") from None
+    except (OSError, ValueError, AttributeError) as error:
+        raise ValueError(f"`adapter_name_or_path`: cannot read {config_file} ({type(error).__name__}: {error}).") from None
+    if peft_type != PEFT_TYPE:
+        raise ValueError(
+            f"`adapter_name_or_path`: {folder} holds a {peft_type} adapter, but finetuning_type aira_moe loads "
+            f"{PEFT_TYPE} adapters only; use finetuning_type: {str(peft_type).lower()} for it, or start a new adapter."
+        )
+
+
+def check_model_shapes(model_args: Any, finetuning_args: Any) -> None:
+    """Refuse an infeasible rank budget (from `config.json`) and AwSVD ranks the layers cannot hold."""
+    from transformers import AutoConfig
+
+    from ..techniques.awsvd import awsvd_rank_problem
+    from ..techniques.rank_allocation import check_budget
+    from ..tuner.config import AiraMoeConfig
+
+    model_config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    text_config = getattr(model_config, "text_config", None) or model_config
+    if finetuning_args.use_layer_wise_rank:
+        check_budget(text_config.num_hidden_layers, finetuning_args.rank_budget, finetuning_args.min_rank,
+                     finetuning_args.max_rank)
+    values = option_values(finetuning_args)
+    shapes = target_shapes(model_config, values["target_modules"], finetuning_args.freeze_vision_tower,
+                           model_args.trust_remote_code)
+    problem = awsvd_rank_problem(shapes, AiraMoeConfig(**{**values, "target_modules": None}), label=argument_name)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def target_shapes(
+    model_config: Any, targets: list[str], freeze_vision_tower: bool, trust_remote_code: bool = False
+) -> dict[str, tuple[int, int]]:
+    """(d_out, d_in) of every targeted linear layer, from the model built on the meta device (no weights).
+
+    An architecture transformers cannot build this way gives no shapes; AwSVD then checks each layer itself.
+    """
+    import torch
+    from llamafactory.model.model_utils.misc import find_all_linear_modules
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from transformers import AutoModelForCausalLM
+
+    from ..tuner.config import AiraMoeConfig
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - only an early check: the run-time check still holds
+        return {}
+    if targets == ["all"]:
+        targets = find_all_linear_modules(model, freeze_vision_tower)
+    matcher = AiraMoeConfig(target_modules=targets)
+    return {
+        name: (module.out_features, module.in_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and check_target_module_exists(matcher, name)
+    }

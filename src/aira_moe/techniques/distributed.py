@@ -1,0 +1,55 @@
+"""The few collectives the techniques need, each a no-op in a single process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def is_main_process() -> bool:
+    return rank_and_world_size()[0] == 0
+
+
+def collective_device() -> torch.device:
+    """Where tensors must be for collectives: NCCL takes GPU tensors only (the model may still be on CPU)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum over processes (the tensor itself in a single process), on the CPU."""
+    if not is_distributed():
+        return tensor.cpu()
+    shared = tensor.to(collective_device())
+    dist.all_reduce(shared, op=dist.ReduceOp.SUM)
+    return shared.cpu()
+
+
+def broadcast_tensors(*tensors: torch.Tensor) -> None:
+    """Overwrite every process's tensors with rank 0's, in place."""
+    if not is_distributed():
+        return
+    for tensor in tensors:
+        shared = tensor.to(collective_device())
+        dist.broadcast(shared, src=0)
+        tensor.copy_(shared)
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's `value` in every process (pickled; for small things such as a decision and its reason)."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=collective_device())
+    return box[0]
