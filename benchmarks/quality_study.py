@@ -36,7 +36,7 @@ SCORE_TASKS = {"gsm8k": ("gsm8k_mc", "gsm8k"), "fineval": ("fineval",), "medicin
 # Equal trainable parameters on SmolLM2-135M (all 7 linear layers of 30 blocks): LoRA r=10 has
 # 10 * sum(d_in + d_out) = 101,760 per block; aira_moe 2 A x 3 B at r=4 has 8 * sum(d_in) +
 # 12 * sum(d_out) = 102,144. `lora_cola_lr` is the rank-4 LoRA that `fully` provably equals, with
-# A and B learning rates x2 and x3 (SPEC section 1): lr x2 and LoRA+ ratio 1.5.
+# A and B learning rates x2 and x3 (docs/method.md §1): lr x2 and LoRA+ ratio 1.5.
 # The aira_moe methods run their matmuls in fp32 as the LoRA baselines do (and as the first runs of
 # this study did, before bf16 became the default); `aira_basic_bf16` checks that bf16 changes nothing.
 AIRA = {"finetuning_type": "aira_moe", "lora_rank": 4, "lora_alpha": 8, "num_A": 2, "num_B": 3, "collaboration": "fully",

@@ -73,13 +73,13 @@ BAD_INPUT = [
     ({"lod_threshold_M": 0}, ValueError, r"`lod_threshold_M` must be a number > 0, got 0"),
     ({"awsvd_collect_steps": 0}, ValueError, r"`awsvd_collect_steps` must be an integer >= 1, got 0"),
     ({"use_awsvd_init": "yes"}, ValueError, r"`use_awsvd_init` must be true or false, got 'yes'"),
-    ({"lora_dropout": 1.5}, ValueError, r"`lora_dropout` must be in \[0, 1\), got 1.5"),
+    ({"lora_dropout": 1.5}, ValueError, r"`lora_dropout` must be a number in \[0, 1\), got 1.5"),
     ({"rank_budget": 0}, ValueError, r"`rank_budget` must be an integer >= 1, got 0"),
     ({"use_layer_wise_rank": True}, ValueError, r"needs `rank_budget`"),
     ({"use_dora": True}, ValueError, r"`use_dora: True` is a LoRA-only option"),
     ({"pissa_init": True}, ValueError, r"`pissa_init: True` is a LoRA-only option"),
     ({"loraplus_lr_ratio": 16.0}, ValueError, r"`loraplus_lr_ratio: 16.0` is a LoRA-only option"),
-    ({"stage": "ppo", "reward_model": "r"}, ValueError, r"`stage` must be one of pt, sft; got 'ppo'"),
+    ({"stage": "ppo", "reward_model": "r"}, ValueError, r"`stage` must be one of pt, sft with finetuning_type aira_moe; got .ppo."),
     ({"quantization_bit": 4}, ValueError, r"`quantization_bit: 4` is not supported with finetuning_type aira_moe"),
     ({"use_unsloth": True}, ValueError, r"`use_unsloth: True` is not supported with finetuning_type aira_moe"),
 ]
@@ -116,3 +116,61 @@ def test_feasible_budget_passes(tmp_path):
 def test_unknown_option_is_refused(tmp_path):
     with pytest.raises(ValueError, match="num_C"):
         get_train_args(train_args(tmp_path, num_C=2))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [({"lora_rank": 12, "collaboration": "heuristic", "num_B": 4},
+      r"`lora_rank` 12 is too large for use_awsvd_init: model.layers.0.self_attn.k_proj \(16 x 32\) .*needs 2 x rank = 24; "
+      r"allowed: lora_rank <= 8"),
+     ({"lora_rank": 20}, r"`lora_rank` 20 is too large .* needs 1 x rank = 20; allowed: lora_rank <= 16"),
+     ({"use_layer_wise_rank": True, "rank_budget": 40, "min_rank": 2, "max_rank": 20, "collaboration": "learned"},
+      r"`max_rank` 20 is too large .*allowed: max_rank <= 8")],
+)
+def test_awsvd_rank_above_a_layers_smaller_dimension_is_refused_at_parse_time(tmp_path, overrides, message):
+    """The tiny config's k_proj is 16 x 32: K·r must fit in 16 (K = 1 for fully, min(M, N) otherwise)."""
+    tiny_llama_config(num_hidden_layers=4).save_pretrained(tmp_path / "config-only")
+    args = train_args(tmp_path, model_name_or_path=str(tmp_path / "config-only"), use_awsvd_init=True, **overrides)
+    with pytest.raises(ValueError, match=message):
+        get_train_args(args)
+
+
+def test_awsvd_rank_that_fits_passes(tmp_path):
+    tiny_llama_config(num_hidden_layers=4).save_pretrained(tmp_path / "config-only")
+    args = train_args(tmp_path, model_name_or_path=str(tmp_path / "config-only"), use_awsvd_init=True, lora_rank=8,
+                      collaboration="heuristic", num_B=4)
+    assert get_train_args(args)[3].use_awsvd_init
+
+
+def test_an_adapter_of_another_peft_type_is_refused(tmp_path):
+    """An existing LoRA adapter must not silently keep training as LoRA under finetuning_type aira_moe."""
+    from peft import LoraConfig
+
+    LoraConfig(r=4, target_modules=["q_proj"]).save_pretrained(tmp_path / "lora")
+    with pytest.raises(ValueError, match=r"`adapter_name_or_path`: .*lora holds a LORA adapter.*finetuning_type: lora"):
+        get_train_args(train_args(tmp_path, adapter_name_or_path=str(tmp_path / "lora")))
+
+
+@pytest.mark.parametrize("content,message", [("{not json", r"cannot read .*adapter_config.json \(JSONDecodeError"),
+                                             (None, r"has no adapter_config.json")])
+def test_an_unreadable_adapter_config_names_the_file(tmp_path, content, message):
+    (tmp_path / "adapter").mkdir()
+    if content is not None:
+        (tmp_path / "adapter" / "adapter_config.json").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        get_infer_args({"model_name_or_path": "m", "adapter_name_or_path": str(tmp_path / "adapter"),
+                        "finetuning_type": "aira_moe", "template": "chatml"})
+
+
+def test_the_arguments_are_derived_from_the_config():
+    """One declaration per option: every LLaMA-Factory option of ours has the config field's default and help."""
+    from dataclasses import fields
+
+    from aira_moe import AiraMoeConfig
+    from aira_moe.integration.arguments import AiraMoeFinetuningArguments
+
+    ours = {f.name: f for f in fields(AiraMoeConfig) if f.metadata.get("argument")}
+    theirs = {f.name: f for f in fields(AiraMoeFinetuningArguments)}
+    assert len(ours) == 16
+    for name, declared in ours.items():
+        assert theirs[name].default == declared.default and theirs[name].metadata["help"] == declared.metadata["help"]

@@ -49,7 +49,7 @@ def test_randomized_svd_matches_the_exact_one():
 
 
 def full_mode_model(collaboration: str, num_A: int, num_B: int, mode: str = "inps"):
-    """Tiny model with activation weights, per-module ranks and AwSVD: SPEC's full mode."""
+    """Tiny model with activation weights, per-module ranks and AwSVD: full mode of docs/method.md §6."""
     config = AiraMoeConfig(
         r=4, num_A=num_A, num_B=num_B, collaboration=collaboration, target_modules="all-linear",
         rank_pattern={"model.layers.1.mlp.down_proj": 6}, use_activation_aware=True, activation_aware_mode=mode,

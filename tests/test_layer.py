@@ -1,4 +1,4 @@
-"""The AIRA-MoE layer against SPEC section 1 and invariants 1, 2 and 5."""
+"""The AIRA-MoE layer against docs/method.md §1 and invariants 1, 2 and 5."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def test_learned_mix_starts_non_symmetric():
 
 
 def test_fully_is_one_rank_r_adapter():
-    """SPEC 1: with `fully`, ΔW = s (Σ_j B_j)(Σ_i A_i): rank <= r, and every A_i gets the same gradient."""
+    """docs/method.md §1: with `fully`, ΔW = s (Σ_j B_j)(Σ_i A_i): rank <= r, and every A_i gets the same gradient."""
     model = adapted("fully", 3, 4, init_weights=False)
     layer = aira_layers(model)[0]
     r = layer.r["default"]

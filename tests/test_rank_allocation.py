@@ -1,4 +1,4 @@
-"""Layer-wise rank allocation (SPEC 3, invariant 4): LOD θ and the exact budgeted optimum."""
+"""Layer-wise rank allocation (docs/method.md §3, invariant 4): LOD θ and the exact budgeted optimum."""
 
 from __future__ import annotations
 
