@@ -130,6 +130,18 @@ def patch_workflow(workflow: ModuleType) -> None:
     _wrap(workflow, name, _run_in_scope)
 
 
+def _remember_names(original: Callable) -> Callable:
+    """Each dataset's attributes keep the name it is registered under (they hold only its file or hub id)."""
+
+    def get_dataset_list(dataset_names, dataset_dir):
+        attributes = original(dataset_names, dataset_dir)
+        for name, attribute in zip(dataset_names or [], attributes):
+            attribute.aira_moe_name = name
+        return attributes
+
+    return get_dataset_list
+
+
 def _tag_rows(original: Callable) -> Callable:
     """Inside a run's scope, each loaded dataset's rows carry its name, which merging and splitting keep."""
 
@@ -138,7 +150,8 @@ def _tag_rows(original: Callable) -> Callable:
         from .run_data import SOURCE_COLUMN, current
 
         if current() is not None and not data_args.streaming and hasattr(dataset, "add_column"):
-            dataset = dataset.add_column(SOURCE_COLUMN, [dataset_attr.dataset_name] * len(dataset))
+            name = getattr(dataset_attr, "aira_moe_name", dataset_attr.dataset_name)
+            dataset = dataset.add_column(SOURCE_COLUMN, [name] * len(dataset))
         return dataset
 
     return load
@@ -180,6 +193,7 @@ def _record_dataset(original: Callable) -> Callable:
 
 def patch_data_loader(loader: ModuleType) -> None:
     """`get_dataset` calls the loader's helpers through its module's names; `llamafactory.data` binds it after."""
+    _wrap(loader, "get_dataset_list", _remember_names)
     _wrap(loader, "_load_single_dataset", _tag_rows)
     _wrap(loader, "_get_preprocessed_dataset", _untag_and_record)
     _wrap(loader, "get_dataset", _record_dataset)
