@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from .distributed import is_main_process
+
 _logger = logging.getLogger("aira_moe")
 
 
@@ -21,14 +23,10 @@ def logger() -> logging.Logger:
 
 def info_main(message: str) -> None:
     """Log on the main process only, so a run on several GPUs says each thing once."""
-    from .techniques.distributed import is_main_process
-
     if is_main_process():
         logger().info(message)
 
 
 def warning_main(message: str) -> None:
-    from .techniques.distributed import is_main_process
-
     if is_main_process():
         logger().warning(message)

@@ -20,7 +20,7 @@ from ..logs import info_main
 from ..tuner import AiraMoeLayer
 from ..tuner.config import AiraMoeConfig, expert_pairings
 from .calibration import Statistics
-from .distributed import broadcast_tensors, is_main_process
+from ..distributed import broadcast_tensors, is_main_process
 from .rank_allocation import block_of, largest_block_rank
 
 RANDOMIZED_ABOVE = 1024  # min(d_out, d_in) above which the randomized SVD is used

@@ -23,7 +23,7 @@ import torch
 
 from ..logs import info_main
 from ..tuner.config import AiraMoeConfig
-from .distributed import is_main_process
+from ..distributed import is_main_process
 
 _BLOCK = re.compile(r"\.(\d+)\.")
 
