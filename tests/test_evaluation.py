@@ -11,7 +11,7 @@ import torch
 
 from aira_moe.evaluation import gsm8k, lawbench, multiple_choice, text_metrics
 from aira_moe.evaluation.inference import answer_nll, next_token_logits
-from aira_moe.evaluation.tasks import TASKS, EvalSettings, run_choice
+from aira_moe.evaluation.tasks import TASKS, EvalSettings, load_items, run_choice
 from conftest import REPO, SHARED_DATA, run_cli, tiny_llama
 
 LETTERS = "ABCDEFGHIJKLMNOPQRST"
@@ -74,8 +74,58 @@ def test_choice_task_end_to_end_with_a_constructed_model(tmp_path, smollm2_dir):
     def encode(system: str, user: str) -> list[int]:
         return tokenizer(user)["input_ids"]
 
-    result = run_choice(settings, OneLetterModel(favoured, len(tokenizer)), tokenizer, encode)
+    result = run_choice(settings, load_items(settings), OneLetterModel(favoured, len(tokenizer)), tokenizer, encode)
     assert result["accuracy"] == pytest.approx(0.2) and set(result["predictions"]) == {"C"}
+
+
+def test_rows_with_fewer_options_are_scored_over_their_own(tmp_path, smollm2_dir):
+    """A CSV with a varying option count: shorter rows leave trailing cells empty and must not be dropped."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    rows = ["question,A,B,C,D,E,answer", "q0,1,2,,,,B", "q1,1,2,3,,,C", "q2,1,2,3,4,5,E", "q3,1,2,3,,,A"]
+    data = tmp_path / "varying.csv"
+    data.write_text("\n".join(rows))
+    settings = EvalSettings(model="-", adapter=None, task="mc", data=data, output=tmp_path / "r.json", batch_size=2)
+    questions, dropped = load_items(settings)
+    assert dropped == 0 and [len(q.options) for q in questions] == [2, 3, 5, 3]
+    favoured = tokenizer.encode("E", add_special_tokens=False)[0]  # beyond the short rows' options: never chosen there
+    result = run_choice(settings, (questions, 0), OneLetterModel(favoured, len(tokenizer)), tokenizer,
+                        lambda system, user: tokenizer(user)["input_ids"])
+    assert result["predictions"][2] == "E" and "E" not in result["predictions"][:2] + result["predictions"][3:]
+    assert result["n"] == 4
+
+
+GSM8K_ROW = {"question": "Tom has 3 apples and buys 4 more. How many?", "answer": "3 + 4 = 7\n#### 7"}
+
+
+def test_gsm8k_is_read_as_published(tmp_path):
+    """GSM8K's own JSON lines (question, answer '... #### N') become the prepared records."""
+    from aira_moe.evaluation.records import load_records
+
+    path = tmp_path / "test.jsonl"
+    path.write_text("\n".join(json.dumps(GSM8K_ROW) for _ in range(3)) + "\n")
+    records = load_records(path, "gsm8k")
+    assert len(records) == 3 and records[0]["answer"] == "7" and records[0]["input"] == GSM8K_ROW["question"]
+    assert records[0]["output"].endswith("#### 7") and "####" in records[0]["instruction"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"question": "q", "answer": "7"}\n{not json\n', r"test.jsonl line 2: not a JSON object"),
+        ('{"question": "q", "answer": "no marker"}\n', r"test.jsonl line 1: GSM8K's `answer` must end in '#### <number>'"),
+        ('{"prompt": "q"}\n', r"test.jsonl line 1: expected text fields instruction, output, answer \(or GSM8K's question, answer\); got \['prompt'\]"),
+        ('[{"instruction": "q"', r"test.jsonl: not valid JSON at line 1"),
+    ],
+)
+def test_a_malformed_file_is_one_line_before_the_model_loads(tmp_path, content, message):
+    from aira_moe.evaluation.tasks import evaluate
+
+    path = tmp_path / "test.jsonl"
+    path.write_text(content)
+    with pytest.raises(SystemExit, match=message):
+        evaluate(EvalSettings(model="nowhere", adapter=None, task="gsm8k", data=path, output=tmp_path / "r.json"))
 
 
 @pytest.mark.parametrize(
@@ -83,7 +133,8 @@ def test_choice_task_end_to_end_with_a_constructed_model(tmp_path, smollm2_dir):
     [
         ("question,A,C,answer", "q,1,2,A", "consecutively"),
         ("question,A,answer", "q,1,A", "2-20"),
-        ("question,A,B,answer", "q,1,2,C", "not one of the option columns"),
+        ("question,A,B,answer", "q,1,2,C", "not one of the row's options"),
+        ("question,A,B,C,answer", "q,1,,,A", "at least 2 non-empty options"),
     ],
 )
 def test_bad_csv_rows_are_refused_with_the_file_and_row(tmp_path, header, row, message):

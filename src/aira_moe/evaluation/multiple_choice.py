@@ -46,14 +46,23 @@ def format_question(question: Question) -> str:
 
 
 def question_from_row(row: dict[str, str], subject: str, where: str) -> Question:
-    """A Question from a CSV row with columns question, A, B, ..., answer (a letter); errors name the file and row."""
+    """A Question from a CSV row with columns question, A, B, ..., answer (a letter); errors name the file and row.
+
+    Benchmarks with a varying option count leave a shorter row's trailing option cells empty: the
+    row is scored over its own options, up to its last non-empty one.
+    """
     letters = [letter for letter in OPTION_LETTERS if letter in row]
     if letters != list(OPTION_LETTERS[: len(letters)]) or not MIN_OPTIONS <= len(letters) <= MAX_OPTIONS:
         raise ValueError(f"{where}: option columns must be A, B, ... consecutively, {MIN_OPTIONS}-{MAX_OPTIONS} of them; got {letters}")
+    cells = [(row[letter] or "").strip() for letter in letters]
+    while cells and not cells[-1]:
+        cells.pop()
+    if len(cells) < MIN_OPTIONS:
+        raise ValueError(f"{where}: needs at least {MIN_OPTIONS} non-empty options in columns {letters}, got {len(cells)}")
     answer = (row.get("answer") or "").strip().upper()
-    if answer not in letters:
-        raise ValueError(f"{where}: answer {answer!r} is not one of the option columns {letters}")
-    return Question(row["question"].strip(), tuple(row[letter].strip() for letter in letters), letters.index(answer), subject)
+    if answer not in letters[: len(cells)]:
+        raise ValueError(f"{where}: answer {answer!r} is not one of the row's options {letters[: len(cells)]}")
+    return Question((row.get("question") or "").strip(), tuple(cells), letters.index(answer), subject)
 
 
 def csv_questions(path: Path, subject: str) -> list[Question]:
@@ -94,7 +103,7 @@ def fineval_questions(folder: Path) -> list[Question]:
 
 
 def usable(question: Question) -> bool:
-    """Rows whose options are empty or repeated cannot be answered by letter (14 such rows in GSM8K MC)."""
+    """Rows with an empty option between others, or repeated options, cannot be answered by letter (GSM8K MC has some)."""
     options = [o.strip().lower() for o in question.options]
     return all(options) and len(set(options)) == len(options)
 

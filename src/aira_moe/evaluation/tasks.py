@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..prepare_data import OPTION_LETTERS, read_json
+from ..prepare_data import OPTION_LETTERS
 from . import gsm8k, lawbench, multiple_choice, text_metrics
+from .records import load_records
 from .inference import answer_nll, generate, next_token_logits
 from .loading import adapter_type, check_reloadable, load_model, pick_device
 from .prompts import prompt_encoder
@@ -53,8 +54,18 @@ def load_questions(task: str, data: Path) -> tuple[list[multiple_choice.Question
     return usable, len(questions) - len(usable)
 
 
-def run_choice(settings: EvalSettings, model, tokenizer, encode) -> dict:
-    questions, dropped = load_questions(settings.task, settings.data)
+def load_items(settings: EvalSettings) -> tuple[list, int]:
+    """The task's questions or records (and unusable rows dropped), read before the model loads."""
+    if TASKS[settings.task].kind == "choice":
+        return load_questions(settings.task, settings.data)
+    records = load_records(settings.data, settings.task)
+    if settings.task == "lawbench":
+        records = [r for r in records if r["task"] in lawbench.SCORED_TASKS]
+    return records, 0
+
+
+def run_choice(settings: EvalSettings, items: tuple[list, int], model, tokenizer, encode) -> dict:
+    questions, dropped = items
     questions = sample(questions, settings.limit, settings.seed)
     prompts = [encode("", multiple_choice.format_question(q)) for q in questions]
     letter_ids = multiple_choice.letter_token_ids(tokenizer, max(len(q.options) for q in questions))
@@ -70,11 +81,8 @@ def alpaca_user_turn(record: dict) -> str:
     return "\n".join(part for part in (record.get("instruction", ""), record.get("input", "")) if part)
 
 
-def run_generate(settings: EvalSettings, model, tokenizer, encode) -> dict:
-    records = read_json(settings.data)
-    if settings.task == "lawbench":
-        records = [r for r in records if r["task"] in lawbench.SCORED_TASKS]
-    records = sample(records, settings.limit, settings.seed)
+def run_generate(settings: EvalSettings, items: tuple[list, int], model, tokenizer, encode) -> dict:
+    records = sample(items[0], settings.limit, settings.seed)
     prompts = [encode(r.get("system", ""), alpaca_user_turn(r)) for r in records]
     budget = settings.max_new_tokens or TASKS[settings.task].max_new_tokens
     replies = generate(model, tokenizer, prompts, budget, settings.batch_size, settings.task)
@@ -88,8 +96,8 @@ def run_generate(settings: EvalSettings, model, tokenizer, encode) -> dict:
     return metrics
 
 
-def run_nll(settings: EvalSettings, model, tokenizer, encode) -> dict:
-    records = sample(read_json(settings.data), settings.limit, settings.seed)
+def run_nll(settings: EvalSettings, items: tuple[list, int], model, tokenizer, encode) -> dict:
+    records = sample(items[0], settings.limit, settings.seed)
     prompts = [encode(r.get("system", ""), alpaca_user_turn(r)) for r in records]
     end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     answers = [tokenizer(r["output"], add_special_tokens=False)["input_ids"] + end for r in records]
@@ -121,13 +129,17 @@ def check_settings(settings: EvalSettings) -> None:
 def evaluate(settings: EvalSettings) -> dict:
     """Run one task; write the results JSON (identical for identical inputs) and print the summary table."""
     check_settings(settings)
+    try:
+        items = load_items(settings)
+    except (ValueError, FileNotFoundError, UnicodeDecodeError) as error:
+        raise SystemExit(f"--data: {error}") from None
     started = time.time()
     import torch
 
     torch.manual_seed(settings.seed)
     model, tokenizer = load_model(settings.model, settings.adapter, pick_device(settings.device))
     encode = prompt_encoder(tokenizer, settings.template)
-    metrics = RUNNERS[TASKS[settings.task].kind](settings, model, tokenizer, encode)
+    metrics = RUNNERS[TASKS[settings.task].kind](settings, items, model, tokenizer, encode)
     results = {
         "task": settings.task,
         "model": settings.model,
