@@ -82,6 +82,7 @@ BAD_INPUT = [
     ({"stage": "ppo", "reward_model": "r"}, ValueError, r"`stage` must be one of pt, sft with finetuning_type aira_moe; got .ppo."),
     ({"quantization_bit": 4}, ValueError, r"`quantization_bit: 4` is not supported with finetuning_type aira_moe"),
     ({"use_unsloth": True}, ValueError, r"`use_unsloth: True` is not supported with finetuning_type aira_moe"),
+    ({"flash_attn": "fa2"}, ValueError, r"`flash_attn: fa2` crashes under transformers 5.6.0 .*use `flash_attn: sdpa`"),
 ]
 
 

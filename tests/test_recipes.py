@@ -118,6 +118,13 @@ def test_bad_launch_variables_are_refused(name, value, allowed):
     assert result.returncode == 2 and f"{name}={value}" in result.stderr and allowed in result.stderr
 
 
+def test_a_recipe_outside_the_environment_says_how_to_activate_it():
+    env = {**script_env(DRY_RUN="1"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([str(SCRIPTS / "math.sh")], env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "activate it first: source" in result.stderr and ".venv/bin/activate" in result.stderr
+
+
 @pytest.mark.parametrize("shape", sorted(LLAMA_SHAPES))
 def test_llamafactory_parser_accepts_every_recipe_on_the_documented_models(tmp_path, shape):
     """Parsed by LLaMA-Factory's own get_train_args (with our extension); budgets checked against the layer count."""

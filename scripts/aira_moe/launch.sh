@@ -65,8 +65,18 @@ aira_overrides() {
     printf '%s\n' "${args[@]}" "${extra[@]}"
 }
 
+# The recipes need the project's environment: say how to get it instead of failing half-way.
+aira_check_environment() {
+    if ! command -v llamafactory-cli >/dev/null 2>&1 || ! python -c 'import omegaconf, yaml, aira_moe' >/dev/null 2>&1; then
+        echo "error: llamafactory-cli or the aira_moe package is not in this shell's environment; activate it" \
+            "first: source ${AIRA_REPO}/.venv/bin/activate (\`make install\` creates it)" >&2
+        exit 2
+    fi
+}
+
 # Launch training (or, with DRY_RUN=1, print what would run and the merged config).
 aira_train() {
+    aira_check_environment
     local -a overrides
     mapfile -t overrides < <(aira_overrides)
     local launch="NPROC_PER_NODE=${GPUS}"

@@ -23,6 +23,8 @@ HOOKS: dict[str, str] = {
     "llamafactory.extras.constants": "aira_moe.integration.patches:patch_constants",
     "llamafactory.hparams.parser": "aira_moe.integration.patches:patch_parser",
     "llamafactory.model.loader": "aira_moe.integration.patches:patch_loader",
+    "llamafactory.launcher": "aira_moe.integration.patches:patch_launcher",
+    "llamafactory.train.tuner": "aira_moe.integration.patches:patch_tuner",
     "llamafactory.data.loader": "aira_moe.integration.patches:patch_data_loader",
     "llamafactory.train.pt.workflow": "aira_moe.integration.patches:patch_workflow",
     "llamafactory.train.sft.workflow": "aira_moe.integration.patches:patch_workflow",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 DEFAULT_SOURCE = Path(os.environ.get("AIRA_MOE_SOURCE", "../shared/data"))
@@ -86,7 +87,17 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    """The command line; a refusal of ours is one line on stderr and exit status 2."""
+    from .errors import AiraMoeError
+
+    try:
+        run(build_parser().parse_args(argv))
+    except AiraMoeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         if args.epochs <= 0:
             raise SystemExit(f"--epochs must be > 0, got {args.epochs}")

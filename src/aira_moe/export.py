@@ -8,12 +8,15 @@ is [L, -L0] @ [R; R0]: a LoRA pair of rank r_lora = rows(R) + rows(R0) with scal
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from .errors import AiraMoeError
 from .tuner import AiraMoeLayer
+from .tuner.peft_type import PEFT_TYPE
 
 PREFIX = "base_model.model."
 
@@ -27,14 +30,29 @@ def lora_factors(layer: AiraMoeLayer, adapter_name: str) -> tuple[torch.Tensor, 
     return left, right
 
 
+def check_aira_moe_adapter(folder: Path) -> None:
+    """Refuse, naming the file, anything but a readable AIRA-MoE adapter, before the base model loads."""
+    config = folder / "adapter_config.json"
+    try:
+        peft_type = json.loads(config.read_text(encoding="utf-8")).get("peft_type")
+    except FileNotFoundError:
+        raise AiraMoeError(f"--adapter {folder}: no adapter_config.json there (expected an aira_moe adapter folder)") from None
+    except (OSError, ValueError, AttributeError) as error:
+        raise AiraMoeError(f"--adapter: cannot read {config} ({type(error).__name__}: {error})") from None
+    if peft_type != PEFT_TYPE:
+        raise AiraMoeError(f"--adapter {folder}: {config.name} says peft_type {peft_type!r}; export-lora converts "
+                           f"{PEFT_TYPE} adapters (a LoRA adapter needs no conversion)")
+
+
 def export_lora(base_model: str, adapter_dir: str, output_dir: str, adapter_name: str = "default") -> Path:
     """Write a LoRA adapter to `output_dir` that reproduces the aira_moe adapter on the original base."""
     from transformers import AutoModelForCausalLM
 
+    check_aira_moe_adapter(Path(adapter_dir))
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, adapter_dir, adapter_name=adapter_name)
     if model.peft_config[adapter_name].modules_to_save:
-        raise ValueError("export-lora does not carry `additional_target` / modules_to_save; merge instead.")
+        raise AiraMoeError("export-lora does not carry `additional_target` / modules_to_save; merge instead.")
     factors = {
         name.removeprefix(PREFIX): lora_factors(module, adapter_name)
         for name, module in model.named_modules()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from ..errors import AiraMoeError
+
 CHOICES = {"1-2": "ABCD", "3-6": "ABCD", "2-8": "ABCDE"}
 SINGLE_LABEL = ("2-4",)
 MULTI_LABEL = ("2-2", "2-3", "2-9", "3-3")
@@ -96,7 +98,7 @@ def item_scorer(task: str, golds: list[str]) -> tuple[str, Callable[[str, str], 
         return "f1", lambda reply, gold: f1(article_numbers(reply), article_numbers(gold))
     if task in AMOUNT:
         return "accuracy", lambda reply, gold: float(same_amount(reply, gold))
-    raise ValueError(f"LawBench task {task!r} is not scored; scored tasks: {', '.join(SCORED_TASKS)}")
+    raise AiraMoeError(f"LawBench task {task!r} is not scored; scored tasks: {', '.join(SCORED_TASKS)}")
 
 
 def score_tasks(tasks: list[str], replies: list[str], golds: list[str]) -> dict:

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import AiraMoeError
 from ..prepare_data import OPTION_LETTERS, read_csv_rows
 
 MIN_OPTIONS, MAX_OPTIONS = 2, 20
@@ -30,7 +31,7 @@ def letter_token_ids(tokenizer, count: int) -> list[int]:
     for letter in OPTION_LETTERS[:count]:
         pieces = tokenizer.encode(letter, add_special_tokens=False)
         if len(pieces) != 1:
-            raise ValueError(f"option letter {letter!r} is {len(pieces)} tokens for this tokenizer; need exactly 1")
+            raise AiraMoeError(f"option letter {letter!r} is {len(pieces)} tokens for this tokenizer; need exactly 1")
         ids.append(pieces[0])
     return ids
 
@@ -53,22 +54,22 @@ def question_from_row(row: dict[str, str], subject: str, where: str) -> Question
     """
     letters = [letter for letter in OPTION_LETTERS if letter in row]
     if letters != list(OPTION_LETTERS[: len(letters)]) or not MIN_OPTIONS <= len(letters) <= MAX_OPTIONS:
-        raise ValueError(f"{where}: option columns must be A, B, ... consecutively, {MIN_OPTIONS}-{MAX_OPTIONS} of them; got {letters}")
+        raise AiraMoeError(f"{where}: option columns must be A, B, ... consecutively, {MIN_OPTIONS}-{MAX_OPTIONS} of them; got {letters}")
     cells = [(row[letter] or "").strip() for letter in letters]
     while cells and not cells[-1]:
         cells.pop()
     if len(cells) < MIN_OPTIONS:
-        raise ValueError(f"{where}: needs at least {MIN_OPTIONS} non-empty options in columns {letters}, got {len(cells)}")
+        raise AiraMoeError(f"{where}: needs at least {MIN_OPTIONS} non-empty options in columns {letters}, got {len(cells)}")
     answer = (row.get("answer") or "").strip().upper()
     if answer not in letters[: len(cells)]:
-        raise ValueError(f"{where}: answer {answer!r} is not one of the row's options {letters[: len(cells)]}")
+        raise AiraMoeError(f"{where}: answer {answer!r} is not one of the row's options {letters[: len(cells)]}")
     return Question((row.get("question") or "").strip(), tuple(cells), letters.index(answer), subject)
 
 
 def csv_questions(path: Path, subject: str) -> list[Question]:
     rows = read_csv_rows(path)
     if not rows or "question" not in rows[0]:
-        raise ValueError(f"{path}: expected a header with 'question', option columns A, B, ... and 'answer'")
+        raise AiraMoeError(f"{path}: expected a header with 'question', option columns A, B, ... and 'answer'")
     return [question_from_row(row, subject, f"{path} row {n + 2}") for n, row in enumerate(rows)]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import AiraMoeError
 from ..prepare_data import GSM8K_INSTRUCTION
 
 ALPACA_FIELDS = ("instruction", "output")
@@ -24,7 +25,7 @@ def read_rows(path: Path) -> list[tuple[str, object]]:
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON at line {error.lineno} column {error.colno} ({error.msg})") from None
+            raise AiraMoeError(f"{path}: not valid JSON at line {error.lineno} column {error.colno} ({error.msg})") from None
         return [(f"{path} record {n + 1}", row) for n, row in enumerate(rows)]
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -33,14 +34,14 @@ def read_rows(path: Path) -> list[tuple[str, object]]:
         try:
             rows.append((f"{path} line {number}", json.loads(line)))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} line {number}: not a JSON object ({error.msg}); expected one record per line") from None
+            raise AiraMoeError(f"{path} line {number}: not a JSON object ({error.msg}); expected one record per line") from None
     return rows
 
 
 def from_gsm8k(row: dict, where: str) -> dict:
     """GSM8K's published row as the prepared record: the worked solution is the output, its final number the answer."""
     if "####" not in row["answer"]:
-        raise ValueError(f"{where}: GSM8K's `answer` must end in '#### <number>', got {row['answer'][-40:]!r}")
+        raise AiraMoeError(f"{where}: GSM8K's `answer` must end in '#### <number>', got {row['answer'][-40:]!r}")
     return {"instruction": GSM8K_INSTRUCTION, "input": row["question"], "output": row["answer"],
             "answer": row["answer"].rsplit("####", 1)[1].strip()}
 
@@ -56,8 +57,8 @@ def load_records(path: Path, task: str) -> list[dict]:
         if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in expected):
             also = " (or GSM8K's question, answer)" if task == "gsm8k" else ""
             got = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise ValueError(f"{where}: expected text fields {', '.join(expected)}{also}; got {got}")
+            raise AiraMoeError(f"{where}: expected text fields {', '.join(expected)}{also}; got {got}")
         records.append(row)
     if not records:
-        raise ValueError(f"{path}: no records")
+        raise AiraMoeError(f"{path}: no records")
     return records

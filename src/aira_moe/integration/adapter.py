@@ -15,6 +15,7 @@ from llamafactory.model.model_utils.misc import find_all_linear_modules
 from peft import PeftModel, TaskType, get_peft_model
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from ..errors import AiraMoeError
 from ..techniques import initialize_aira_moe
 from ..tuner import AiraMoeConfig
 from . import run_data
@@ -45,7 +46,7 @@ def _load_adapters(
     paths = list(model_args.adapter_name_or_path)
     resume = is_trainable and not finetuning_args.create_new_adapter
     if is_deepspeed_zero3_enabled() and len(paths) > 1:
-        raise ValueError("DeepSpeed ZeRO-3 accepts a single aira_moe adapter; merge the others first.")
+        raise AiraMoeError("DeepSpeed ZeRO-3 accepts a single aira_moe adapter; merge the others first.")
     to_merge = paths[:-1] if resume else paths
     for path in to_merge:
         model = PeftModel.from_pretrained(model, path, subfolder=model_args.adapter_folder).merge_and_unload()
@@ -72,12 +73,12 @@ def _create_adapter(model: "PreTrainedModel", finetuning_args: "FinetuningArgume
         return get_peft_model(model, config)
     run = run_data.current()
     if run is None or run.train_dataset is None:
-        raise ValueError(
+        raise AiraMoeError(
             "aira_moe's activation-informed techniques need the training data, which only "
             "`llamafactory-cli train` (stage pt or sft) provides."
         )
     if is_deepspeed_zero3_enabled():
-        raise ValueError(
+        raise AiraMoeError(
             "DeepSpeed ZeRO-3 partitions the weights that calibration reads; use ZeRO-2 (or no DeepSpeed) "
             "with use_layer_wise_rank / use_activation_aware / use_awsvd_init."
         )
@@ -99,7 +100,7 @@ def init_aira_moe_adapter(
 ) -> "PreTrainedModel":
     """LLaMA-Factory's `init_adapter` for `finetuning_type: aira_moe`."""
     if getattr(model, "quantization_method", None) is not None:
-        raise ValueError("aira_moe does not support quantised base models yet; drop `quantization_bit`.")
+        raise AiraMoeError("aira_moe does not support quantised base models yet; drop `quantization_bit`.")
     resumed = False
     if model_args.adapter_name_or_path is not None:
         model, resumed = _load_adapters(model, model_args, finetuning_args, is_trainable)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from llamafactory.hparams.finetuning_args import FinetuningArguments
 
+from ..errors import AiraMoeError
 from ..tuner.config import AiraMoeConfig, check_options
 
 FINETUNING_TYPE = "aira_moe"
@@ -61,10 +62,10 @@ def validate_aira_moe_arguments(args: "AiraMoeFinetuningArguments") -> None:
     """The config's checks under LLaMA-Factory's names, then the rules of the LLaMA-Factory side."""
     check_options(option_values(args), label=argument_name)
     if args.stage not in SUPPORTED_STAGES:
-        raise ValueError(f"`stage` must be one of {', '.join(SUPPORTED_STAGES)} with finetuning_type aira_moe; got {args.stage!r}.")
+        raise AiraMoeError(f"`stage` must be one of {', '.join(SUPPORTED_STAGES)} with finetuning_type aira_moe; got {args.stage!r}.")
     for name, off in REFUSED_LORA_OPTIONS.items():
         if getattr(args, name, off) != off:
-            raise ValueError(
+            raise AiraMoeError(
                 f"`{name}: {getattr(args, name)!r}` is a LoRA-only option and does not apply to "
                 f"finetuning_type aira_moe; remove it."
             )

@@ -11,10 +11,25 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from ..errors import AiraMoeError
 from ..tuner.peft_type import PEFT_TYPE
 from .arguments import argument_name, option_values
 
 REFUSED_MODEL_OPTIONS = ("quantization_bit", "use_unsloth", "use_kt")
+# transformers releases whose FlashAttention-2 path calls `s_aux.to` on None (transformers issue 45588)
+FA2_BROKEN_TRANSFORMERS = ("5.6.0",)
+
+
+def check_attention(model_args: Any) -> None:
+    """`flash_attn: fa2` crashes at the first forward under the pinned transformers: say so before loading."""
+    import transformers
+
+    if str(getattr(model_args, "flash_attn", "")) == "fa2" and transformers.__version__ in FA2_BROKEN_TRANSFORMERS:
+        raise AiraMoeError(
+            f"`flash_attn: fa2` crashes under transformers {transformers.__version__} (its FlashAttention-2 path "
+            "calls `s_aux.to` on None, transformers issue 45588); use `flash_attn: sdpa`, or install "
+            "transformers 5.5.4, which LLaMA-Factory 0.9.5 also accepts."
+        )
 
 
 def check_before_loading(model_args: Any, data_args: Any, finetuning_args: Any) -> None:
@@ -22,16 +37,17 @@ def check_before_loading(model_args: Any, data_args: Any, finetuning_args: Any) 
     for name in REFUSED_MODEL_OPTIONS:
         value = getattr(model_args, name, None)
         if value not in (None, False):
-            raise ValueError(
+            raise AiraMoeError(
                 f"`{name}: {value!r}` is not supported with finetuning_type aira_moe "
                 f"(quantised bases, Unsloth and KTransformers are LoRA-only for now); remove it."
             )
+    check_attention(model_args)
     for path in model_args.adapter_name_or_path or []:
         check_adapter(Path(path), model_args.adapter_folder)
     techniques = [name for name in ("use_layer_wise_rank", "use_activation_aware", "use_awsvd_init")
                   if getattr(finetuning_args, name)]
     if techniques and getattr(data_args, "streaming", False):
-        raise ValueError(
+        raise AiraMoeError(
             f"`streaming: true` cannot be combined with {', '.join(techniques)}: calibration samples the training set "
             "at random, which needs a map-style dataset; turn streaming off or use basic mode."
         )
@@ -48,11 +64,11 @@ def check_adapter(path: Path, subfolder: Optional[str]) -> None:
     try:
         peft_type = json.loads(config_file.read_text(encoding="utf-8")).get("peft_type")
     except FileNotFoundError:
-        raise ValueError(f"`adapter_name_or_path`: {folder} has no adapter_config.json; is it an adapter folder?") from None
+        raise AiraMoeError(f"`adapter_name_or_path`: {folder} has no adapter_config.json; is it an adapter folder?") from None
     except (OSError, ValueError, AttributeError) as error:
-        raise ValueError(f"`adapter_name_or_path`: cannot read {config_file} ({type(error).__name__}: {error}).") from None
+        raise AiraMoeError(f"`adapter_name_or_path`: cannot read {config_file} ({type(error).__name__}: {error}).") from None
     if peft_type != PEFT_TYPE:
-        raise ValueError(
+        raise AiraMoeError(
             f"`adapter_name_or_path`: {folder} holds a {peft_type} adapter, but finetuning_type aira_moe loads "
             f"{PEFT_TYPE} adapters only; use finetuning_type: {str(peft_type).lower()} for it, or start a new adapter."
         )
@@ -76,7 +92,7 @@ def check_model_shapes(model_args: Any, finetuning_args: Any) -> None:
                            model_args.trust_remote_code)
     problem = awsvd_rank_problem(shapes, AiraMoeConfig(**{**values, "target_modules": None}), label=argument_name)
     if problem is not None:
-        raise ValueError(problem)
+        raise AiraMoeError(problem)
 
 
 def target_shapes(

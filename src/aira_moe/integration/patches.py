@@ -9,6 +9,7 @@ Non-`aira_moe` runs go through the original code unchanged.
 from __future__ import annotations
 
 import functools
+import sys
 from types import ModuleType
 from typing import Any, Callable
 
@@ -213,3 +214,70 @@ def _init_adapter(original: Callable) -> Callable:
 def patch_loader(loader: ModuleType) -> None:
     """`load_model` calls `init_adapter` through the name bound in the loader module."""
     _wrap(loader, "init_adapter", _init_adapter)
+
+
+def _one_line(function: Callable) -> Callable:
+    """Our refusals (`AiraMoeError`) end the process with one line on stderr; LLaMA-Factory's errors stay as they are."""
+
+    def run(*args, **kwargs):
+        from ..errors import AiraMoeError
+
+        try:
+            return function(*args, **kwargs)
+        except AiraMoeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return run
+
+
+def _precheck_arguments() -> None:
+    """Parse the model, data and finetuning arguments of an `aira_moe` command before LLaMA-Factory starts.
+
+    `llamafactory-cli train` hands several processes to torchrun before anything is parsed; checking
+    here, once, in the parent, turns a bad value into one line instead of a traceback per process.
+    Training arguments are left out: building them can touch the devices.
+    """
+    from llamafactory.hparams import DataArguments, ModelArguments
+    from llamafactory.hparams.parser import read_args
+    from transformers import HfArgumentParser
+
+    from .arguments import AiraMoeFinetuningArguments
+    from .checks import check_before_loading
+
+    if len(sys.argv) < 2 or sys.argv[1] not in ("train", "export", "chat", "webchat", "api", "eval"):
+        return
+    saved = sys.argv
+    sys.argv = [saved[0], *saved[2:]]
+    try:
+        args = read_args()
+    finally:
+        sys.argv = saved
+    values = list(args.values()) if isinstance(args, dict) else list(args)
+    if FINETUNING_TYPE not in values:
+        return
+    parser = HfArgumentParser((ModelArguments, DataArguments, AiraMoeFinetuningArguments))
+    if isinstance(args, dict):
+        model_args, data_args, finetuning_args = parser.parse_dict(args, allow_extra_keys=True)
+    else:
+        model_args, data_args, finetuning_args, _ = parser.parse_args_into_dataclasses(args, return_remaining_strings=True)
+    check_before_loading(model_args, data_args, finetuning_args)
+
+
+def _launch_checked(original: Callable) -> Callable:
+    def launch():
+        _precheck_arguments()
+        return original()
+
+    return _one_line(launch)
+
+
+def patch_launcher(launcher: ModuleType) -> None:
+    """`llamafactory-cli` runs `launcher.launch`: bad `aira_moe` input is one line, checked before any work."""
+    _wrap(launcher, "launch", _launch_checked)
+
+
+def patch_tuner(tuner: ModuleType) -> None:
+    """torchrun workers call `run_exp` directly (LLaMA-Factory's launcher.py as a script): one line there too."""
+    _wrap(tuner, "run_exp", _one_line)
+    _wrap(tuner, "export_model", _one_line)

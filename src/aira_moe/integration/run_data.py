@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 from torch.utils.data import DataLoader, Subset
 
+from ..errors import AiraMoeError
+
 SOURCE_COLUMN = "_aira_moe_source"
 
 
@@ -63,7 +65,7 @@ class RunData:
         """`steps` batches of a seeded random sample of the training set, and a line saying what it holds."""
         dataset = self.train_dataset
         if dataset is None or not hasattr(dataset, "__len__"):
-            raise ValueError("aira_moe's techniques sample the training set at random: it must be a map-style "
+            raise AiraMoeError("aira_moe's techniques sample the training set at random: it must be a map-style "
                              "dataset (turn `streaming` off).")
         batch_size = self.training_args.per_device_train_batch_size
         sources = self.sources or [""] * len(dataset)

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from peft import PeftModel, get_peft_model
 from torch import nn
 
+from ..errors import AiraMoeError
 from ..logs import warning_main
 from ..tuner import AiraMoeConfig, AiraMoeLayer
 from ..tuner.model import layer_kwargs
@@ -45,7 +46,7 @@ def _peft_model(model: nn.Module, config: AiraMoeConfig, adapter_name: str) -> P
         return get_peft_model(model, config, adapter_name=adapter_name)
     existing = model.peft_config.get(adapter_name)
     if existing is None or existing.peft_type != PEFT_TYPE:
-        raise ValueError(
+        raise AiraMoeError(
             f"initialize_aira_moe got a PeftModel without an AIRA-MoE adapter named {adapter_name!r}; "
             "pass the base model, or a model made by get_peft_model(model, config)."
         )
@@ -56,7 +57,7 @@ def _peft_model(model: nn.Module, config: AiraMoeConfig, adapter_name: str) -> P
 def _take(dataloader: Iterable[Batch], steps: int) -> list[Batch]:
     batches = list(itertools.islice(iter(dataloader), steps))
     if not batches:
-        raise ValueError("initialize_aira_moe: the dataloader yielded no batch to calibrate on.")
+        raise AiraMoeError("initialize_aira_moe: the dataloader yielded no batch to calibrate on.")
     if len(batches) < steps:
         warning_main(f"awsvd_collect_steps={steps}, but the dataloader has only {len(batches)} batches: using them all.")
     return batches
@@ -90,7 +91,7 @@ def initialize_aira_moe(
     shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
     problem = awsvd_rank_problem(shapes, config)
     if problem is not None:
-        raise ValueError(problem)
+        raise AiraMoeError(problem)
     batches = _take(dataloader, config.awsvd_collect_steps)
     weights = {name: layer.get_base_layer().weight for name, layer in layers.items()}
     key = {

@@ -16,11 +16,12 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
+from ..distributed import broadcast_tensors, is_main_process
+from ..errors import AiraMoeError
 from ..logs import info_main
 from ..tuner import AiraMoeLayer
 from ..tuner.config import AiraMoeConfig, expert_pairings
 from .calibration import Statistics
-from ..distributed import broadcast_tensors, is_main_process
 from .rank_allocation import block_of, largest_block_rank
 
 RANDOMIZED_ABOVE = 1024  # min(d_out, d_in) above which the randomized SVD is used
@@ -55,7 +56,7 @@ def awsvd_factors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B0, A0) with s · B0 @ A0 = the rank-`rank` activation-weighted principal part of `weight`, in fp32."""
     if rank > min(weight.shape):
-        raise ValueError(f"rank {rank} exceeds the layer's smaller dimension {min(weight.shape)}")
+        raise AiraMoeError(f"rank {rank} exceeds the layer's smaller dimension {min(weight.shape)}")
     rms = rms_in.float().to(weight.device)
     scale = rms.clamp_min(FLOOR * rms.max()) if rms.max() > 0 else torch.ones_like(rms)
     u, singular, vh = top_svd(weight.float() * scale, rank)
@@ -102,7 +103,7 @@ def apply_awsvd_init(
         try:
             B0, A0 = awsvd_factors(weight, stats[name].rms_in, rank, layer.scaling[adapter_name])
         except ValueError as error:
-            raise ValueError(f"AwSVD cannot initialise {name} ({tuple(weight.shape)}): {error}") from error
+            raise AiraMoeError(f"AwSVD cannot initialise {name} ({tuple(weight.shape)}): {error}") from error
         broadcast_tensors(B0, A0)
         layer.initialise_from_slices(adapter_name, B0, A0)
     info_main(f"AwSVD initialised {len(layers)} layers in {time.time() - started:.1f} s.")

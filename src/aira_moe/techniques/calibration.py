@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..logs import info_main
 from ..distributed import all_reduce_sum, broadcast_object, broadcast_tensors, is_main_process, rank_and_world_size
+from ..logs import info_main
 
 CACHE_FILE = "aira_moe_calibration.pt"
 Batch = Mapping[str, torch.Tensor]

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from ..distributed import is_main_process
+from ..errors import AiraMoeError
 from ..logs import info_main
 from ..tuner.config import AiraMoeConfig
-from ..distributed import is_main_process
 
 _BLOCK = re.compile(r"\.(\d+)\.")
 
@@ -32,19 +33,19 @@ def block_of(module_name: str) -> int:
     """Decoder block index of a module: its first numeric path component (`model.layers.3.mlp...` -> 3)."""
     match = _BLOCK.search(f".{module_name}.")
     if match is None:
-        raise ValueError(f"cannot tell which decoder block {module_name!r} belongs to (no numeric path component)")
+        raise AiraMoeError(f"cannot tell which decoder block {module_name!r} belongs to (no numeric path component)")
     return int(match.group(1))
 
 
 def check_budget(num_blocks: int, rank_budget: int, min_rank: int, max_rank: int) -> None:
     """Refuse budgets no allocation can meet, naming the numbers."""
     if num_blocks * min_rank > rank_budget:
-        raise ValueError(
+        raise AiraMoeError(
             f"`rank_budget` {rank_budget} is infeasible: {num_blocks} layers x min_rank {min_rank} = "
             f"{num_blocks * min_rank} > {rank_budget}. Raise rank_budget or lower min_rank."
         )
     if num_blocks * max_rank < rank_budget:
-        raise ValueError(
+        raise AiraMoeError(
             f"`rank_budget` {rank_budget} is infeasible: {num_blocks} layers x max_rank {max_rank} = "
             f"{num_blocks * max_rank} < {rank_budget}. Lower rank_budget or raise max_rank."
         )
@@ -70,7 +71,7 @@ def allocate_ranks(theta: list[float], rank_budget: int, min_rank: int, max_rank
     """Exact integer maximiser of Σ θ_l log r_l under the budget and bounds (ties go to the lower index)."""
     check_budget(len(theta), rank_budget, min_rank, max_rank)
     if not any(t > 0 for t in theta):
-        raise ValueError(
+        raise AiraMoeError(
             f"all θ are zero ({len(theta)} blocks): no score exceeds lod_threshold_M x the mean. "
             "Lower lod_threshold_M or use theta_type: uniform."
         )

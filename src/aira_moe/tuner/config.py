@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional, Union
 from peft.config import PeftConfig
 from peft.utils.peft_types import PeftType
 
+from ..errors import AiraMoeError
 from .peft_type import PEFT_TYPE, add_peft_type
 
 add_peft_type()
@@ -137,27 +138,27 @@ def check_options(values: Mapping[str, Any], label: Callable[[str], str] = str) 
         check_int_at_least(label(name), values[name], 1)
     for name in BOOLEAN_OPTIONS:
         if not isinstance(values[name], bool):
-            raise ValueError(f"`{label(name)}` must be true or false, got {values[name]!r} ({type(values[name]).__name__}).")
+            raise AiraMoeError(f"`{label(name)}` must be true or false, got {values[name]!r} ({type(values[name]).__name__}).")
     for name in CHOICE_OPTIONS:
         if values[name] not in choices(name):
-            raise ValueError(f"`{label(name)}` must be one of {', '.join(choices(name))}; got {values[name]!r}.")
+            raise AiraMoeError(f"`{label(name)}` must be one of {', '.join(choices(name))}; got {values[name]!r}.")
     dropout = values["lora_dropout"]
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"`{label('lora_dropout')}` must be a number in [0, 1), got {dropout!r}.")
+        raise AiraMoeError(f"`{label('lora_dropout')}` must be a number in [0, 1), got {dropout!r}.")
     threshold = values["lod_threshold_M"]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
-        raise ValueError(f"`{label('lod_threshold_M')}` must be a number > 0, got {threshold!r}.")
+        raise AiraMoeError(f"`{label('lod_threshold_M')}` must be a number > 0, got {threshold!r}.")
     if values["collaboration"] == "heuristic" and values["num_A"] > values["num_B"]:
-        raise ValueError(
+        raise AiraMoeError(
             f"`{label('collaboration')}: heuristic` needs num_A <= num_B (each A owns at least one B); "
             f"got num_A={values['num_A']}, num_B={values['num_B']}. Use `fully` or `learned`, or raise num_B."
         )
     if values["min_rank"] > values["max_rank"]:
-        raise ValueError(f"`min_rank` ({values['min_rank']}) must not exceed `max_rank` ({values['max_rank']}).")
+        raise AiraMoeError(f"`min_rank` ({values['min_rank']}) must not exceed `max_rank` ({values['max_rank']}).")
     if values["rank_budget"] is not None:
         check_int_at_least(label("rank_budget"), values["rank_budget"], 1)
     elif values["use_layer_wise_rank"]:
-        raise ValueError("`use_layer_wise_rank: true` needs `rank_budget` (the sum of per-block ranks, e.g. 128).")
+        raise AiraMoeError("`use_layer_wise_rank: true` needs `rank_budget` (the sum of per-block ranks, e.g. 128).")
     for name, rank in values["rank_pattern"].items():
         check_int_at_least(f"rank_pattern[{name!r}]", rank, 1)
 
@@ -165,9 +166,9 @@ def check_options(values: Mapping[str, Any], label: Callable[[str], str] = str) 
 def check_int_at_least(name: str, value: object, minimum: int) -> None:
     """Raise a ValueError naming the field unless `value` is an int (not a bool) >= minimum."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r} ({type(value).__name__}).")
+        raise AiraMoeError(f"`{name}` must be an integer >= {minimum}, got {value!r} ({type(value).__name__}).")
     if value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value}.")
+        raise AiraMoeError(f"`{name}` must be an integer >= {minimum}, got {value}.")
 
 
 def expert_pairings(collaboration: str, num_A: int, num_B: int) -> int:
