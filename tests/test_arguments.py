@@ -79,7 +79,7 @@ BAD_INPUT = [
     ({"use_dora": True}, ValueError, r"`use_dora: True` is a LoRA-only option"),
     ({"pissa_init": True}, ValueError, r"`pissa_init: True` is a LoRA-only option"),
     ({"loraplus_lr_ratio": 16.0}, ValueError, r"`loraplus_lr_ratio: 16.0` is a LoRA-only option"),
-    ({"stage": "ppo", "reward_model": "r"}, ValueError, r"`stage` must be one of pt, sft with finetuning_type aira_moe; got .ppo."),
+    ({"stage": "ppo", "reward_model": "r"}, ValueError, r"`stage` must be one of pt, sft, rm, dpo, kto with finetuning_type aira_moe; got .ppo."),
     ({"quantization_bit": 4}, ValueError, r"`quantization_bit: 4` is not supported with finetuning_type aira_moe"),
     ({"use_unsloth": True}, ValueError, r"`use_unsloth: True` is not supported with finetuning_type aira_moe"),
     ({"flash_attn": "fa2"}, ValueError, r"`flash_attn: fa2` crashes under transformers 5.6.0 .*use `flash_attn: sdpa`"),

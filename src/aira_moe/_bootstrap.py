@@ -28,6 +28,10 @@ HOOKS: dict[str, str] = {
     "llamafactory.data.loader": "aira_moe.integration.patches:patch_data_loader",
     "llamafactory.train.pt.workflow": "aira_moe.integration.patches:patch_workflow",
     "llamafactory.train.sft.workflow": "aira_moe.integration.patches:patch_workflow",
+    "llamafactory.train.rm.workflow": "aira_moe.integration.patches:patch_workflow",
+    "llamafactory.train.dpo.workflow": "aira_moe.integration.patches:patch_workflow",
+    "llamafactory.train.kto.workflow": "aira_moe.integration.patches:patch_workflow",
+    "llamafactory.train.trainer_utils": "aira_moe.integration.patches:patch_trainer_utils",
 }
 DISABLE_ENV = "AIRA_MOE_DISABLE_HOOK"
 

@@ -75,7 +75,7 @@ def _create_adapter(model: "PreTrainedModel", finetuning_args: "FinetuningArgume
     if run is None or run.train_dataset is None:
         raise AiraMoeError(
             "aira_moe's activation-informed techniques need the training data, which only "
-            "`llamafactory-cli train` (stage pt or sft) provides."
+            "`llamafactory-cli train` (stages pt, sft, rm, dpo, kto) provides."
         )
     if is_deepspeed_zero3_enabled():
         raise AiraMoeError(

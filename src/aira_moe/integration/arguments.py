@@ -17,7 +17,7 @@ from ..errors import AiraMoeError
 from ..tuner.config import AiraMoeConfig, check_options
 
 FINETUNING_TYPE = "aira_moe"
-SUPPORTED_STAGES = ("pt", "sft")
+SUPPORTED_STAGES = ("pt", "sft", "rm", "dpo", "kto")
 # LoRA-only options of LLaMA-Factory that have no meaning for aira_moe: field -> value meaning "off"
 REFUSED_LORA_OPTIONS = {
     "use_dora": False,

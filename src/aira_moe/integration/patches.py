@@ -125,10 +125,33 @@ def _run_in_scope(original: Callable) -> Callable:
     return run
 
 
+WORKFLOWS = ("run_pt", "run_sft", "run_rm", "run_dpo", "run_kto")
+
+
 def patch_workflow(workflow: ModuleType) -> None:
-    """The pt and sft workflows (`run_pt`, `run_sft`), bound by name in their packages and the tuner."""
-    name = "run_pt" if hasattr(workflow, "run_pt") else "run_sft"
-    _wrap(workflow, name, _run_in_scope)
+    """Each training workflow (`run_pt`, `run_sft`, `run_rm`, `run_dpo`, `run_kto`), bound by name in its package."""
+    names = [name for name in WORKFLOWS if hasattr(workflow, name)]
+    _require(workflow, names[0] if names else "run_<stage>")
+    _wrap(workflow, names[0], _run_in_scope)
+
+
+def _reference_by_disabling(original: Callable) -> Callable:
+    """As for LoRA, the reference model is the policy with its adapter disabled, not a second model.
+
+    Disabling an aira_moe adapter also gives its AwSVD residual back, so the reference is the base model.
+    """
+
+    def create_ref_model(model_args, finetuning_args, add_valuehead=False):
+        if finetuning_args.finetuning_type == FINETUNING_TYPE and finetuning_args.ref_model is None:
+            return None
+        return original(model_args, finetuning_args, add_valuehead)
+
+    return create_ref_model
+
+
+def patch_trainer_utils(trainer_utils: ModuleType) -> None:
+    """The dpo and kto workflows bind `create_ref_model` by name from here."""
+    _wrap(trainer_utils, "create_ref_model", _reference_by_disabling)
 
 
 def _remember_names(original: Callable) -> Callable:

@@ -1,6 +1,6 @@
 """What one `aira_moe` training run's calibration needs from LLaMA-Factory's data pipeline.
 
-LLaMA-Factory's pt and sft workflows build the tokenized training set before they load the
+LLaMA-Factory's training workflows build the tokenized training set before they load the
 model, but pass neither to `init_adapter`. The patches open a `training_run()` scope around the
 workflow; inside it the data loader tags every row with its dataset's name (so the mixture's
 shares survive merging and the `val_size` split), and `get_dataset` leaves its result here. The
@@ -50,11 +50,17 @@ class RunData:
             self.sources, self.untraceable = sources, ""
 
     def collator(self) -> Any:
-        """The workflow's own collator, so calibration batches are padded as training batches are."""
+        """The workflow's own collator for pt and sft; for pairwise (rm, dpo) and kto rows, their sequences padded.
+
+        Pairwise rows calibrate on the chosen responses.
+        """
         from llamafactory.data import SFTDataCollatorWith4DAttentionMask
         from llamafactory.extras.constants import IGNORE_INDEX
         from transformers import DataCollatorForLanguageModeling
 
+        if self.stage in ("rm", "kto"):
+            key = "chosen_input_ids" if self.stage == "rm" else "input_ids"
+            return SequencePadder(key, self.tokenizer_module["tokenizer"].pad_token_id or 0)
         if self.stage == "pt":
             return DataCollatorForLanguageModeling(tokenizer=self.tokenizer_module["tokenizer"], mlm=False)
         return SFTDataCollatorWith4DAttentionMask(
@@ -88,6 +94,26 @@ class RunData:
             "batch_size": self.training_args.per_device_train_batch_size,
             "seed": self.training_args.seed,
         }
+
+
+@dataclass
+class SequencePadder:
+    """Right-pads one token-id column of a batch into `input_ids` and `attention_mask`."""
+
+    key: str
+    pad_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        rows = [list(feature[self.key]) for feature in features]
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):
+            ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[index, : len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
 
 
 def stratified_sample(sources: list[str], count: int, seed: int) -> list[int]:
