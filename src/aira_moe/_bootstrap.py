@@ -32,6 +32,8 @@ HOOKS: dict[str, str] = {
     "llamafactory.train.dpo.workflow": "aira_moe.integration.patches:patch_workflow",
     "llamafactory.train.kto.workflow": "aira_moe.integration.patches:patch_workflow",
     "llamafactory.train.trainer_utils": "aira_moe.integration.patches:patch_trainer_utils",
+    "llamafactory.webui.components.train": "aira_moe.integration.patches:patch_webui_train",
+    "llamafactory.webui.runner": "aira_moe.integration.patches:patch_webui_runner",
 }
 DISABLE_ENV = "AIRA_MOE_DISABLE_HOOK"
 

@@ -304,3 +304,56 @@ def patch_tuner(tuner: ModuleType) -> None:
     """torchrun workers call `run_exp` directly (LLaMA-Factory's launcher.py as a script): one line there too."""
     _wrap(tuner, "run_exp", _one_line)
     _wrap(tuner, "export_model", _one_line)
+
+
+def _with_aira_panel(original: Callable) -> Callable:
+    """The Train tab gains the `aira_moe` panel, whose controls join the inputs of its buttons.
+
+    The stock function wires its buttons to `manager.get_base_elems()` plus its own controls, so
+    for the length of the call that method also returns ours; the panel shows for `aira_moe` only.
+    """
+
+    def create_train_tab(engine):
+        import gradio as gr
+
+        from .webui import PANEL, create_panel, locales
+
+        import importlib
+
+        _require(importlib.import_module("llamafactory.webui.locales"), "LOCALES").update(locales())
+        panel = create_panel()
+        manager = engine.manager
+        base = _require(manager, "get_base_elems")
+        manager.get_base_elems = lambda: base() | {elem for name, elem in panel.items() if name != PANEL}
+        try:
+            elem_dict = original(engine)
+        finally:
+            del manager.get_base_elems
+        finetuning_type = manager.get_elem_by_id("top.finetuning_type")
+        finetuning_type.change(lambda value: gr.update(visible=value == FINETUNING_TYPE), [finetuning_type],
+                               [panel[PANEL]], queue=False)
+        return {**elem_dict, **panel}
+
+    return create_train_tab
+
+
+def patch_webui_train(train: ModuleType) -> None:
+    """`llamafactory.webui.components` binds `create_train_tab` by name from here."""
+    _wrap(train, "create_train_tab", _with_aira_panel)
+
+
+def _aira_train_args(original: Callable) -> Callable:
+    def parse(self, data):
+        args = original(self, data)
+        if args.get("finetuning_type") == FINETUNING_TYPE:
+            from .webui import option_values
+
+            args.update(option_values(lambda elem_id: data[self.manager.get_elem_by_id(elem_id)]))
+        return args
+
+    return parse
+
+
+def patch_webui_runner(runner: ModuleType) -> None:
+    """The runner copies the LoRA controls into the arguments by hand for `lora` only; ours likewise."""
+    _wrap(_require(runner, "Runner"), "_parse_train_args", _aira_train_args)
