@@ -1,4 +1,4 @@
-"""LlamaBoard in a real browser: the `aira_moe` panel, a run started from it, its checkpoint in the chat tab.
+"""LlamaBoard in a real browser: the `aira_moe` panel, a run started from it, its checkpoint in the chat and export tabs.
 
 Headless Chromium (Debian's `chromium` package) driven by Playwright; the stock `llamafactory-cli webui`
 serves the page and starts the run as a `llamafactory-cli train` process of its own.
@@ -74,7 +74,7 @@ def wait_for_file(path_glob, root: Path, seconds: int = 300) -> Path:
     raise AssertionError(f"no {path_glob} under {root} after {seconds} s")
 
 
-def test_the_aira_moe_panel_trains_and_its_checkpoint_loads_in_chat(webui, tiny_model_dir, medmcqa_dir):
+def test_the_aira_moe_panel_trains_and_its_checkpoint_loads_in_chat_and_export(webui, tiny_model_dir, medmcqa_dir):
     from playwright.sync_api import sync_playwright
 
     url, cwd = webui
@@ -121,6 +121,10 @@ def test_the_aira_moe_panel_trains_and_its_checkpoint_loads_in_chat(webui, tiny_
         page.get_by_role("button", name="Load model").first.click()
         page.wait_for_function("text => [...document.querySelectorAll('textarea')].some(box => box.value.includes(text))",
                                arg="Model loaded, now you can chat with your model!", timeout=120000)
+        page.get_by_role("tab", name="Export").click()
+        visible(page, "Export dir").fill(str(cwd / "exported"))
+        page.get_by_role("button", name="Export", exact=True).click()
+        wait_for_file("exported/model.safetensors", cwd, seconds=180)
         choose(page, "Language", "zh")
         page.get_by_role("tab", name="Train").click()
         page.get_by_text("AIRA-MoE 参数设置").wait_for(timeout=30000)
