@@ -92,7 +92,7 @@ def test_a_refusal_under_torchrun_is_one_line_before_any_process_starts(tmp_path
     env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "PATH": f"{BIN}:/usr/bin:/bin"}
     result = subprocess.run([str(BIN / "llamafactory-cli"), "train", path], env=env, capture_output=True, text=True,
                             timeout=300)
-    assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"error: `num_A` must be an integer >= 1, got 0."]
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == ["error: `num_A` must be an integer >= 1, got 0."]
     assert "torchrun" not in result.stdout
 
 

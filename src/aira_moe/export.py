@@ -8,7 +8,6 @@ is [L, -L0] @ [R; R0]: a LoRA pair of rank r_lora = rows(R) + rows(R0) with scal
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from .errors import AiraMoeError
 from .tuner import AiraMoeLayer
-from .tuner.peft_type import PEFT_TYPE
+from .tuner.peft_type import PEFT_TYPE, saved_peft_type
 
 PREFIX = "base_model.model."
 
@@ -32,15 +31,9 @@ def lora_factors(layer: AiraMoeLayer, adapter_name: str) -> tuple[torch.Tensor, 
 
 def check_aira_moe_adapter(folder: Path) -> None:
     """Refuse, naming the file, anything but a readable AIRA-MoE adapter, before the base model loads."""
-    config = folder / "adapter_config.json"
-    try:
-        peft_type = json.loads(config.read_text(encoding="utf-8")).get("peft_type")
-    except FileNotFoundError:
-        raise AiraMoeError(f"--adapter {folder}: no adapter_config.json there (expected an aira_moe adapter folder)") from None
-    except (OSError, ValueError, AttributeError) as error:
-        raise AiraMoeError(f"--adapter: cannot read {config} ({type(error).__name__}: {error})") from None
+    peft_type = saved_peft_type(folder, "--adapter")
     if peft_type != PEFT_TYPE:
-        raise AiraMoeError(f"--adapter {folder}: {config.name} says peft_type {peft_type!r}; export-lora converts "
+        raise AiraMoeError(f"--adapter {folder}: adapter_config.json says peft_type {peft_type!r}; export-lora converts "
                            f"{PEFT_TYPE} adapters (a LoRA adapter needs no conversion)")
 
 

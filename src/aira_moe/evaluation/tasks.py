@@ -11,10 +11,10 @@ from typing import Callable
 
 from ..prepare_data import OPTION_LETTERS
 from . import gsm8k, lawbench, multiple_choice, text_metrics
-from .records import load_records
 from .inference import answer_nll, generate, next_token_logits
 from .loading import adapter_type, check_reloadable, load_model, pick_device
 from .prompts import prompt_encoder
+from .records import load_records
 from .registry import TASKS, missing_requirements
 
 

@@ -7,12 +7,11 @@ weight is loaded and before calibration.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import AiraMoeError
-from ..tuner.peft_type import PEFT_TYPE
+from ..tuner.peft_type import PEFT_TYPE, saved_peft_type
 from .arguments import argument_name, option_values
 
 REFUSED_MODEL_OPTIONS = ("quantization_bit", "use_unsloth", "use_kt")
@@ -60,13 +59,7 @@ def check_adapter(path: Path, subfolder: Optional[str]) -> None:
     folder = path / subfolder if subfolder else path
     if not folder.is_dir():
         return
-    config_file = folder / "adapter_config.json"
-    try:
-        peft_type = json.loads(config_file.read_text(encoding="utf-8")).get("peft_type")
-    except FileNotFoundError:
-        raise AiraMoeError(f"`adapter_name_or_path`: {folder} has no adapter_config.json; is it an adapter folder?") from None
-    except (OSError, ValueError, AttributeError) as error:
-        raise AiraMoeError(f"`adapter_name_or_path`: cannot read {config_file} ({type(error).__name__}: {error}).") from None
+    peft_type = saved_peft_type(folder, "`adapter_name_or_path`")
     if peft_type != PEFT_TYPE:
         raise AiraMoeError(
             f"`adapter_name_or_path`: {folder} holds a {peft_type} adapter, but finetuning_type aira_moe loads "

@@ -314,11 +314,11 @@ def _with_aira_panel(original: Callable) -> Callable:
     """
 
     def create_train_tab(engine):
+        import importlib
+
         import gradio as gr
 
         from .webui import PANEL, create_panel, locales
-
-        import importlib
 
         _require(importlib.import_module("llamafactory.webui.locales"), "LOCALES").update(locales())
         panel = create_panel()

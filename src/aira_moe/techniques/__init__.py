@@ -24,7 +24,14 @@ from ..tuner.model import layer_kwargs
 from ..tuner.peft_type import PEFT_TYPE
 from .activation_aware import apply_activation_weights
 from .awsvd import apply_awsvd_init, awsvd_rank_problem
-from .calibration import CACHE_FILE, Batch, cached_statistics, collect_statistics, fingerprint_batches, fingerprint_weights
+from .calibration import (
+    CACHE_FILE,
+    Batch,
+    cached_statistics,
+    collect_statistics,
+    fingerprint_batches,
+    fingerprint_weights,
+)
 from .rank_allocation import layer_wise_rank_pattern
 
 __all__ = ["CACHE_FILE", "initialize_aira_moe"]

@@ -7,6 +7,11 @@ Adding it is idempotent: the start-up hook and an explicit import may both ask f
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from ..errors import AiraMoeError
+
 PEFT_TYPE = "AIRA_MOE"
 METHOD_NAME = "aira_moe"
 PREFIX = "aira_"
@@ -41,3 +46,14 @@ def add_peft_type() -> None:
     PeftType._member_names_.append(PEFT_TYPE)
     type.__setattr__(PeftType, PEFT_TYPE, member)
     require_peft(PeftType(PEFT_TYPE) is member and member in list(PeftType), "the new PeftType member is not visible")
+
+
+def saved_peft_type(folder: Path, option: str) -> str | None:
+    """The peft type in `folder/adapter_config.json`; a missing or unreadable file is refused, naming `option` and it."""
+    config = folder / "adapter_config.json"
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("peft_type")
+    except FileNotFoundError:
+        raise AiraMoeError(f"{option}: {folder} has no adapter_config.json; is it an adapter folder?") from None
+    except (OSError, ValueError, AttributeError) as error:
+        raise AiraMoeError(f"{option}: cannot read {config} ({type(error).__name__}: {error}).") from None
