@@ -314,24 +314,28 @@ class Linear(nn.Module, AiraMoeLayer):
         """The dtype the adapter's matmuls run in for input `x` (see `adapter_compute_dtype`)."""
         return x.dtype if self.compute_dtype[adapter_name] == "input" else self.aira_A[adapter_name].dtype
 
-    def adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """Δy = s · w_out ⊙ B (Ω ⊗ I_r) A (w_in ⊙ dropout(x)): A GEMM, an (N x M) mix per token, B GEMM.
+    def forward_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(left, right) with Δy = left (right x), scaling and activation weights folded into these small factors.
 
-        In `input` compute dtype the weights are cast to the activations' dtype, not the other way:
-        casting a bf16 activation to fp32 copies it at twice its size and keeps that copy for the
-        backward pass, while the weights are small and their gradients still reach the fp32 masters.
+        `fully` is one rank-r product, (s · w_out ⊙ Σ_j B_j)((Σ_i A_i) · w_in): its GEMMs are r wide, not
+        num_A · r and num_B · r, and no pass over the activations scales them (docs/method.md §1).
         """
-        A, B = self.aira_A[adapter_name], self.aira_B[adapter_name]
-        r, num_A = self.r[adapter_name], self.num_A[adapter_name]
+        left, right = self.delta_factors(adapter_name)
+        if self.collaboration[adapter_name] == "fully":
+            r = self.r[adapter_name]
+            return left[:, :r], right.view(self.num_A[adapter_name], r, self.in_features).sum(0)
+        return left, right
+
+    def adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """Δy = s · w_out ⊙ B (Ω ⊗ I_r) A (w_in ⊙ dropout(x)), as two GEMMs with the folded factors.
+
+        In `input` compute dtype the factors are cast to the activations' dtype, not the other way:
+        casting a bf16 activation to fp32 copies it at twice its size and keeps that copy for the
+        backward pass, while the factors are small and their gradients still reach the fp32 masters.
+        """
         x = self._cast_input_dtype(self.aira_dropout[adapter_name](x), self.matmul_dtype(x, adapter_name))
-        if adapter_name in self.aira_w_in:
-            x = x * self.aira_w_in[adapter_name].to(x.dtype)
-        h = F.linear(x, A.to(x.dtype)).unflatten(-1, (num_A, r))
-        mixed = torch.matmul(self.omega(adapter_name).to(h.dtype), h)
-        out = F.linear(mixed.flatten(-2), B.to(h.dtype)) * self.scaling[adapter_name]
-        if adapter_name in self.aira_w_out:
-            out = out * self.aira_w_out[adapter_name].to(out.dtype)
-        return out
+        left, right = self.forward_factors(adapter_name)
+        return F.linear(F.linear(x, right.to(x.dtype)), left.to(x.dtype))
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters and self.merged:
