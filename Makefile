@@ -23,6 +23,6 @@ $(STAMP): setup.py pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/aira-moe demo
 
-# Two workers (most tests wait on subprocesses); tests sharing module fixtures carry one xdist_group.
+# Two workers, each file in one of them (module fixtures are built once): most tests wait on subprocesses.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadfile

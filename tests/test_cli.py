@@ -15,7 +15,7 @@ import torch
 import yaml
 from conftest import run_cli, run_python
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cli")]  # its module fixtures are built once
+pytestmark = pytest.mark.slow
 
 MAX_STEPS = 6
 
