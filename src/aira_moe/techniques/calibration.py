@@ -94,13 +94,12 @@ class _Accumulator:
 
     def statistics(self) -> Statistics:
         """The sums of this process, all-reduced across processes when distributed."""
-        parts = []
-        for name in sorted(self.modules):  # a rank that saw no batch still contributes zeros to the reduction
-            module = self.modules[name]
+        local = {}
+        for name, module in self.modules.items():  # a rank that saw no batch still contributes zeros
             sums = self.sums.get(name) or [torch.zeros(module.in_features), torch.zeros(module.out_features)]
-            parts += [part.cpu().double() for part in sums]
-        flat = all_reduce_sum(torch.cat([*parts, torch.tensor([float(self.tokens)], dtype=torch.float64)]))
-        return unflatten(flat, {name: (m.in_features, m.out_features) for name, m in self.modules.items()})
+            local[name] = LayerStatistics(sums[0].cpu().double(), sums[1].cpu().double(), self.tokens)
+        shapes = {name: (m.in_features, m.out_features) for name, m in self.modules.items()}
+        return unflatten(all_reduce_sum(flatten(local)), shapes)
 
 
 def flatten(stats: Statistics) -> torch.Tensor:

@@ -159,15 +159,18 @@ class AiraMoeLayer(BaseTunerLayer):
             raise ValueError(f"activation weights of shape {tuple(weights.shape)}, expected {tuple(bank[adapter_name].shape)}")
         bank[adapter_name] = weights.to(bank[adapter_name])
 
-    def delta_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(left, right) in fp32 with ΔW = left @ right: s · diag(w_out) · mixed B, and A · diag(w_in)."""
-        right = self.aira_A[adapter_name].float()
-        left = self.scaling[adapter_name] * self.mixed_B(adapter_name).float()
+    def _folded(self, adapter_name: str, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s · diag(w_out) · left, right · diag(w_in)) in fp32: scaling and activation weights in the small factors."""
+        right, left = right.float(), self.scaling[adapter_name] * left.float()
         if adapter_name in self.aira_w_in:
             right = right * self.aira_w_in[adapter_name].float()
         if adapter_name in self.aira_w_out:
             left = left * self.aira_w_out[adapter_name].float()[:, None]
         return left, right
+
+    def delta_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(left, right) in fp32 with ΔW = left @ right: s · diag(w_out) · mixed B, and A · diag(w_in)."""
+        return self._folded(adapter_name, self.mixed_B(adapter_name), self.aira_A[adapter_name])
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """ΔW = s · diag(w_out) [B_1 … B_N](Ω ⊗ I_r)[A_1; …; A_M] diag(w_in), computed in fp32."""
@@ -320,11 +323,12 @@ class Linear(nn.Module, AiraMoeLayer):
         `fully` is one rank-r product, (s · w_out ⊙ Σ_j B_j)((Σ_i A_i) · w_in): its GEMMs are r wide, not
         num_A · r and num_B · r, and no pass over the activations scales them (docs/method.md §1).
         """
-        left, right = self.delta_factors(adapter_name)
-        if self.collaboration[adapter_name] == "fully":
-            r = self.r[adapter_name]
-            return left[:, :r], right.view(self.num_A[adapter_name], r, self.in_features).sum(0)
-        return left, right
+        if self.collaboration[adapter_name] != "fully":
+            return self.delta_factors(adapter_name)
+        r, num_A, num_B = self.r[adapter_name], self.num_A[adapter_name], self.num_B[adapter_name]
+        B_sum = self.aira_B[adapter_name].view(self.out_features, num_B, r).sum(1)
+        A_sum = self.aira_A[adapter_name].view(num_A, r, self.in_features).sum(0)
+        return self._folded(adapter_name, B_sum, A_sum)
 
     def adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """Δy = s · w_out ⊙ B (Ω ⊗ I_r) A (w_in ⊙ dropout(x)), as two GEMMs with the folded factors.
