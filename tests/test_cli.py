@@ -149,10 +149,6 @@ print("RESPONSE", repr(responses[0].response_text), responses[0].response_length
     assert response and int(response.group(2)) >= 1
 
 
-def test_chat_model_loads_the_adapter(trained, tiny_model_dir):
-    chat_once(tiny_model_dir, trained[0] / "out")
-
-
 def test_two_process_torchrun_through_llamafactory_launcher(tiny_model_dir, medmcqa_dir, tmp_path):
     config = write_train_yaml(tmp_path / "ddp.yaml", tiny_model_dir, medmcqa_dir, tmp_path / "out", max_steps=3)
     log = run_cli(

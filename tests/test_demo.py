@@ -24,7 +24,7 @@ def test_medmcqa_split_is_disjoint_and_registered(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, smollm2_dir):
-    args = ["--epochs", "0.07", "--calibration-batches", "2", "--questions", "12"]
+    args = ["--epochs", "0.03", "--calibration-batches", "1", "--questions", "4"]  # one step of 8 rows
     output = run_cli(["aira-moe", "demo", "--output-dir", str(tmp_path), *args], cwd=tmp_path)
     results = json.loads((tmp_path / "demo_results.json").read_text())
     for stage in ("before", "after"):
@@ -32,7 +32,7 @@ def test_demo_runs_end_to_end(tmp_path, smollm2_dir):
         assert 0 <= results[stage]["accuracy"] <= 1
     assert results["before"] != results["after"]  # the exported model is the trained one
     assert (tmp_path / "merged" / "model.safetensors").is_file()
-    assert "Calibration: 2 batches" in output and "(12 held out)" in results["dataset"]
+    assert "Calibration: 1 batches" in output and "(4 held out)" in results["dataset"]
     assert "held-out score" in output and "scoring exported model" in output
 
 

@@ -125,26 +125,27 @@ def test_a_recipe_outside_the_environment_says_how_to_activate_it():
     assert "activate it first: source" in result.stderr and ".venv/bin/activate" in result.stderr
 
 
-@pytest.mark.parametrize("shape", sorted(LLAMA_SHAPES))
-def test_llamafactory_parser_accepts_every_recipe_on_the_documented_models(tmp_path, shape):
+def test_llamafactory_parser_accepts_every_recipe_on_the_documented_models(tmp_path):
     """Parsed by LLaMA-Factory's own get_train_args (with our extension); budgets checked against the layer count."""
-    model = model_shape_dir(tmp_path, shape)
     configs = {}
-    for recipe in RECIPES:
-        _, configs[recipe] = dry_run(recipe, MODEL=str(model), OUTPUT_DIR=str(tmp_path / recipe))
-        configs[recipe]["bf16"] = False  # the parser checks bf16 support of this machine's device
+    for shape in sorted(LLAMA_SHAPES):
+        model = model_shape_dir(tmp_path, shape)
+        for recipe in RECIPES:
+            _, config = dry_run(recipe, MODEL=str(model), OUTPUT_DIR=str(tmp_path / shape / recipe))
+            configs[f"{shape}/{recipe}"] = dict(config, bf16=False)  # the parser checks bf16 support of this device
     (tmp_path / "configs.json").write_text(json.dumps(configs))
     code = f"""
 import json
 from llamafactory.hparams import get_train_args
-for recipe, config in json.load(open({str(tmp_path / 'configs.json')!r})).items():
+for name, config in json.load(open({str(tmp_path / 'configs.json')!r})).items():
     model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
     assert finetuning_args.finetuning_type == "aira_moe"
-    print(recipe, finetuning_args.num_A, finetuning_args.num_B, finetuning_args.rank_budget, data_args.dataset)
+    print(name, finetuning_args.num_A, finetuning_args.num_B, finetuning_args.rank_budget, data_args.dataset)
 """
     output = run_python(code)
-    for recipe in RECIPES:
-        assert f"{recipe} {DOCUMENTED[recipe].get('num_A', 2)} " in output
+    for shape in LLAMA_SHAPES:
+        for recipe in RECIPES:
+            assert f"{shape}/{recipe} {DOCUMENTED[recipe].get('num_A', 2)} " in output
 
 
 def test_scripts_are_shellcheck_clean():
@@ -157,7 +158,7 @@ def uncommented(recipe: str, folder: Path) -> Path:
     text = (SCRIPTS / f"{recipe}.sh").read_text()
     lines = []
     for line in text.splitlines():
-        if line.startswith(("# [[", "#     ", "# }")):
+        if line.startswith(("# if ", "#     ", "# fi")):
             line = line[2:]
         lines.append(line)
     script = folder / f"{recipe}.sh"
@@ -183,21 +184,47 @@ def tiny_run_env(recipe: str, model: Path, data: Path, output: Path, processes: 
     )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_trains_and_evaluates_for_real(recipe, tmp_path, tiny_model_dir, prepared_data):
-    script = uncommented(recipe, tmp_path)
-    processes = 2 if recipe == "law" else 1
-    output = tmp_path / "out"
-    env = tiny_run_env(recipe, tiny_model_dir, prepared_data, output, processes)
-    result = subprocess.run([str(script)], env=script_env(**env), capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
-    assert (output / "adapter_config.json").is_file() and (output / "checkpoint-2").is_dir()
-    if processes == 2:
-        assert "world size: 2" in (result.stdout + result.stderr).lower() or "distributed training: true" in (result.stdout + result.stderr).lower()
-    evaluations = sorted(output.glob("eval_*.json"))
-    assert evaluations, "the uncommented evaluation block wrote no results"
-    for path in evaluations:
+def shim(folder: Path, name: str, log: Path) -> None:
+    """An executable `name` that only appends its arguments (one JSON list per line) to `log`."""
+    folder.mkdir(exist_ok=True)
+    script = folder / name
+    script.write_text(f"#!{BIN / 'python'}\nimport json, sys\nopen({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    script.chmod(0o755)
+
+
+def test_every_evaluation_block_scores_an_adapter(tmp_path, tiny_model_dir, prepared_data):
+    """Each recipe's uncommented block, as bash expands it, scores a real adapter in one model load.
+
+    Training is replaced by a recorder (the training itself is run below for three recipes and
+    parsed for all), so the eight blocks cost one process each, not one training each.
+    """
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from aira_moe import AiraMoeConfig
+    from aira_moe.cli import main
+
+    adapter = tmp_path / "adapter"
+    config = AiraMoeConfig(r=2, num_A=2, num_B=3, target_modules=["q_proj", "v_proj"])
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config).save_pretrained(adapter)
+    shims, log = tmp_path / "bin", tmp_path / "calls.jsonl"
+    for name in ("llamafactory-cli", "aira-moe"):
+        shim(shims, name, log)
+    for recipe in RECIPES:
+        env = tiny_run_env(recipe, tiny_model_dir, prepared_data, adapter)
+        env = script_env(**env)
+        env["PATH"] = f"{shims}{os.pathsep}{env['PATH']}"
+        result = subprocess.run([str(uncommented(recipe, tmp_path))], env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    evaluations = [call for call in calls if call[0] == "eval"]
+    assert len(calls) == 2 * len(RECIPES) and len(evaluations) == len(RECIPES), "one training, one evaluation per recipe"
+    for call in evaluations:
+        main(call)
+    written = {path.name for path in adapter.glob("eval_*.json")}
+    tasks = {task for call in evaluations for task in call[call.index("--task") + 1].split(",")}
+    assert written == {f"eval_{task}.json" for task in tasks} and {"eval_gsm8k_mc.json", "eval_lawbench.json"} <= written
+    for path in adapter.glob("eval_*.json"):
         assert json.loads(path.read_text())["adapter_type"] == "AIRA_MOE"
 
 
@@ -207,15 +234,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def check_trained(output: Path, log: str, evaluated: bool = True) -> None:
+    assert (output / "adapter_config.json").is_file() and (output / "checkpoint-2").is_dir()
+    evaluations = sorted(output.glob("eval_*.json"))
+    assert bool(evaluations) == evaluated, f"evaluation files {[p.name for p in evaluations]}:\n{log[-3000:]}"
+    for path in evaluations:
+        assert json.loads(path.read_text())["adapter_type"] == "AIRA_MOE"
+
+
 @pytest.mark.slow
-def test_two_nodes_of_one_process_on_localhost(tmp_path, tiny_model_dir, prepared_data):
-    """NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT pass through to LLaMA-Factory's torchrun launch (gloo on CPU)."""
+@pytest.mark.parametrize("recipe", ["generality_basic", "multi-tasking"])
+def test_recipe_trains_and_evaluates_for_real(recipe, tmp_path, tiny_model_dir, prepared_data):
+    """No technique, one process; and the mixture of every domain in full mode, evaluated on all tasks."""
     output = tmp_path / "out"
-    env = tiny_run_env("generality_full", tiny_model_dir, prepared_data, output)
+    env = tiny_run_env(recipe, tiny_model_dir, prepared_data, output)
+    result = subprocess.run([str(uncommented(recipe, tmp_path))], env=script_env(**env), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    check_trained(output, result.stdout + result.stderr)
+
+
+@pytest.mark.slow
+def test_law_on_two_nodes_of_one_process_on_localhost(tmp_path, tiny_model_dir, prepared_data):
+    """NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT pass through to LLaMA-Factory's torchrun launch (gloo on CPU);
+    node 0 alone runs the evaluation block."""
+    output = tmp_path / "out"
+    script = uncommented("law", tmp_path)
+    env = tiny_run_env("law", tiny_model_dir, prepared_data, output)
     common = dict(env, NNODES="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     nodes = [
         subprocess.Popen(
-            [str(SCRIPTS / "generality_full.sh")], env=script_env(**common, NODE_RANK=str(rank)),
+            [str(script)], env=script_env(**common, NODE_RANK=str(rank)),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for rank in (0, 1)
@@ -223,4 +271,6 @@ def test_two_nodes_of_one_process_on_localhost(tmp_path, tiny_model_dir, prepare
     logs = [node.communicate(timeout=900)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], "\n\n".join(log[-4000:] for log in logs)
     assert "--nnodes 2" in logs[0] or "num nodes: 2" in logs[0]
-    assert (output / "adapter_config.json").is_file()
+    assert "world size: 2" in logs[0].lower() or "distributed training: true" in logs[0].lower()
+    check_trained(output, logs[0])
+    assert "lawbench: " in logs[0] and "lawbench: " not in logs[1], "only node 0 evaluates"

@@ -38,8 +38,8 @@ def webui(tmp_path):
     port = free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GRADIO_SERVER_PORT": str(port),
            "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    server = subprocess.Popen([str(BIN / "llamafactory-cli"), "webui"], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = (tmp_path / "webui.log").open("w")  # a file: an unread pipe would block the server once full
+    server = subprocess.Popen([str(BIN / "llamafactory-cli"), "webui"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while time.time() < deadline:
         with socket.socket() as sock:
@@ -49,6 +49,7 @@ def webui(tmp_path):
     yield f"http://127.0.0.1:{port}/", tmp_path
     server.terminate()
     server.wait(timeout=30)
+    log.close()
 
 
 def visible(page, label: str, exact: bool = False):
@@ -64,14 +65,17 @@ def choose(page, label: str, value: str) -> None:
     page.wait_for_timeout(700)  # let the change events it fires settle
 
 
-def wait_for_file(path_glob, root: Path, seconds: int = 300) -> Path:
+def wait_for_file(path_glob, root: Path, page, seconds: int = 300) -> Path:
+    """The first file matching `path_glob`; on time-out the page's messages and the server's log say why."""
     deadline = time.time() + seconds
     while time.time() < deadline:
         found = sorted(root.glob(path_glob))
         if found:
             return found[0]
         time.sleep(2)
-    raise AssertionError(f"no {path_glob} under {root} after {seconds} s")
+    boxes = page.evaluate("() => [...document.querySelectorAll('textarea')].map(box => box.value).filter(Boolean)")
+    log = (root / "webui.log").read_text(errors="replace")[-3000:]
+    raise AssertionError(f"no {path_glob} under {root} after {seconds} s\npage: {boxes}\nserver log: {log}")
 
 
 def test_the_aira_moe_panel_trains_and_its_checkpoint_loads_in_chat_and_export(webui, tiny_model_dir, medmcqa_dir):
@@ -108,12 +112,12 @@ def test_the_aira_moe_panel_trains_and_its_checkpoint_loads_in_chat_and_export(w
         assert page.get_by_text("--num_A 3").is_visible() and page.get_by_text("--use_activation_aware True").is_visible()
         page.screenshot(path=str(cwd / "page.png"), full_page=True, clip={"x": 0, "y": 0, "width": 1400, "height": 1350})
         page.get_by_role("button", name="Start").click()
-        saved = wait_for_file("saves/Custom/aira_moe/*/training_args.yaml", cwd)
+        saved = wait_for_file("saves/Custom/aira_moe/*/training_args.yaml", cwd, page)
         arguments = yaml.safe_load(saved.read_text())
         assert arguments["finetuning_type"] == "aira_moe" and arguments["num_A"] == 3
         assert arguments["collaboration"] == "learned" and arguments["use_activation_aware"] is True
         assert arguments["awsvd_collect_steps"] == 2 and arguments["lora_rank"] == 8 and arguments["lora_target"] == "all"
-        adapter = wait_for_file("saves/Custom/aira_moe/*/adapter_config.json", cwd).parent
+        adapter = wait_for_file("saves/Custom/aira_moe/*/adapter_config.json", cwd, page).parent
         assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "AIRA_MOE"
         visible(page, "Checkpoint path").fill(adapter.name)
         visible(page, "Checkpoint path").press("Enter")
@@ -122,9 +126,12 @@ def test_the_aira_moe_panel_trains_and_its_checkpoint_loads_in_chat_and_export(w
         page.wait_for_function("text => [...document.querySelectorAll('textarea')].some(box => box.value.includes(text))",
                                arg="Model loaded, now you can chat with your model!", timeout=120000)
         page.get_by_role("tab", name="Export").click()
-        visible(page, "Export dir").fill(str(cwd / "exported"))
+        export_dir = visible(page, "Export dir")
+        export_dir.fill(str(cwd / "exported"))
+        export_dir.press("Tab")  # the change event reaches the server before the click
+        page.wait_for_timeout(700)
         page.get_by_role("button", name="Export", exact=True).click()
-        wait_for_file("exported/model.safetensors", cwd, seconds=180)
+        wait_for_file("exported/model.safetensors", cwd, page, seconds=240)
         choose(page, "Language", "zh")
         page.get_by_role("tab", name="Train").click()
         page.get_by_text("AIRA-MoE 参数设置").wait_for(timeout=30000)

@@ -7,7 +7,8 @@ source "$(dirname "$0")/launch.sh"
 aira_resolve finance 2
 aira_train
 
-# --- Evaluation: uncomment to score the adapter once training has finished -----------------------
-# [[ "${DRY_RUN:-0}" == "1" ]] || {
-#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task fineval --output "$OUTPUT_DIR/eval_fineval.json"
-# }
+# --- Evaluation: uncomment to score the adapter once training has finished (on node 0) --------
+# if aira_evaluates; then
+#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" \
+#         --task fineval --output "$OUTPUT_DIR/eval_{task}.json"
+# fi

@@ -74,6 +74,11 @@ aira_check_environment() {
     fi
 }
 
+# Whether the recipe's evaluation block runs: not on a dry run, and on one node only (the first).
+aira_evaluates() {
+    [[ "${DRY_RUN:-0}" != "1" && "${NODE_RANK:-0}" == "0" ]]
+}
+
 # Launch training (or, with DRY_RUN=1, print what would run and the merged config).
 aira_train() {
     aira_check_environment

@@ -7,8 +7,8 @@ source "$(dirname "$0")/launch.sh"
 aira_resolve medicine 2
 aira_train
 
-# --- Evaluation: uncomment to score the adapter once training has finished -----------------------
-# [[ "${DRY_RUN:-0}" == "1" ]] || {
-#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task medicine --output "$OUTPUT_DIR/eval_medicine.json"
-#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task mmlu_medicine --output "$OUTPUT_DIR/eval_mmlu_medicine.json"
-# }
+# --- Evaluation: uncomment to score the adapter once training has finished (on node 0) --------
+# if aira_evaluates; then
+#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" \
+#         --task medicine,mmlu_medicine --output "$OUTPUT_DIR/eval_{task}.json"
+# fi

@@ -7,11 +7,8 @@ source "$(dirname "$0")/launch.sh"
 aira_resolve multi-tasking 4
 aira_train
 
-# --- Evaluation: uncomment to score the adapter once training has finished -----------------------
-# [[ "${DRY_RUN:-0}" == "1" ]] || {
-#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task mmlu --output "$OUTPUT_DIR/eval_mmlu.json"
-#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task fineval --output "$OUTPUT_DIR/eval_fineval.json"
-#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task gsm8k --output "$OUTPUT_DIR/eval_gsm8k.json"
-#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task medicine --output "$OUTPUT_DIR/eval_medicine.json"
-#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" --task lawbench --output "$OUTPUT_DIR/eval_lawbench.json"
-# }
+# --- Evaluation: uncomment to score the adapter once training has finished (on node 0) --------
+# if aira_evaluates; then
+#     aira-moe eval --model "$MODEL" --adapter "$OUTPUT_DIR" --template "$TEMPLATE" "${EVAL_EXTRA[@]}" \
+#         --task mmlu,fineval,gsm8k,medicine,lawbench --output "$OUTPUT_DIR/eval_{task}.json"
+# fi

@@ -40,20 +40,34 @@ def add_prepare(commands) -> None:
 def add_eval(commands) -> None:
     from .evaluation.registry import TASKS
 
-    evaluate = commands.add_parser("eval", help="Score a base model, base + adapter (aira_moe or LoRA) or a merged model on one task.")
+    evaluate = commands.add_parser("eval", help="Score a base model, base + adapter (aira_moe or LoRA) or a merged model on tasks.")
     evaluate.add_argument("--model", required=True, help="Base or merged model (path or hub id).")
     evaluate.add_argument("--adapter", help="A peft adapter directory (aira_moe or LoRA) to load on --model.")
-    evaluate.add_argument("--task", required=True, choices=list(TASKS), help="; ".join(f"{k}: {t.description}" for k, t in TASKS.items()))
+    evaluate.add_argument(
+        "--task", required=True, type=task_list,
+        help="A task or a comma list (one model load for all): " + "; ".join(f"{k}: {t.description}" for k, t in TASKS.items()),
+    )
     evaluate.add_argument("--data", type=Path, help="Task data (file or folder); default: the task's file under --source or --data-dir.")
     evaluate.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Raw benchmark folder (env AIRA_MOE_SOURCE).")
     evaluate.add_argument("--data-dir", type=Path, default=Path("data"), help="Folder of the prepared held-out splits.")
-    evaluate.add_argument("--output", type=Path, required=True, help="Results JSON to write.")
+    evaluate.add_argument("--output", required=True, help="Results JSON to write; with several tasks a path holding {task}.")
     evaluate.add_argument("--template", help="LLaMA-Factory template the model was trained with (default: the tokenizer's chat template).")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--limit", type=int, help="Score a seeded random sample of this many items.")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
     evaluate.add_argument("--max-new-tokens", type=int, help="Generation budget (generative tasks; default per task).")
+
+
+def task_list(value: str) -> list[str]:
+    """`--task`'s comma list, each name checked against the registry."""
+    from .evaluation.registry import TASKS
+
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TASKS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or repr(value)} is not a task; choose from {', '.join(TASKS)}")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,16 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_eval(args: argparse.Namespace) -> None:
     from .evaluation.registry import default_data
-    from .evaluation.tasks import EvalSettings, evaluate
+    from .evaluation.tasks import EvalSettings, evaluate_tasks
 
-    data = args.data or default_data(args.task, args.source, args.data_dir)
-    evaluate(
+    if len(args.task) > 1 and "{task}" not in args.output:
+        raise SystemExit(f"--output {args.output}: with several tasks it must hold {{task}}, e.g. eval_{{task}}.json")
+    if len(args.task) > 1 and args.data:
+        raise SystemExit("--data names one task's file; give one --task with it, or leave it out for the defaults")
+    evaluate_tasks([
         EvalSettings(
             model=args.model,
             adapter=args.adapter,
-            task=args.task,
-            data=data,
-            output=args.output,
+            task=task,
+            data=args.data or default_data(task, args.source, args.data_dir),
+            output=Path(args.output.replace("{task}", task)),
             template=args.template,
             batch_size=args.batch_size,
             limit=args.limit,
@@ -83,7 +100,8 @@ def run_eval(args: argparse.Namespace) -> None:
             device=args.device,
             max_new_tokens=args.max_new_tokens,
         )
-    )
+        for task in args.task
+    ])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""`aira-moe eval`: the run of one task (registry.py lists them), the results JSON and the printed table."""
+"""`aira-moe eval`: the run of its tasks (registry.py lists them), the results JSON and the printed table."""
 
 from __future__ import annotations
 
@@ -126,20 +126,43 @@ def check_settings(settings: EvalSettings) -> None:
         check_reloadable(settings.adapter)
 
 
-def evaluate(settings: EvalSettings) -> dict:
-    """Run one task; write the results JSON (identical for identical inputs) and print the summary table."""
+def read_items(settings: EvalSettings) -> tuple[list, int]:
+    """The checked task's items; a malformed file is one line naming it."""
     check_settings(settings)
     try:
-        items = load_items(settings)
+        return load_items(settings)
     except (ValueError, FileNotFoundError, UnicodeDecodeError) as error:
         raise SystemExit(f"--data: {error}") from None
-    started = time.time()
+
+
+def evaluate_tasks(tasks: list[EvalSettings]) -> list[dict]:
+    """Run several tasks on one model and adapter, loaded once: every input is read before it loads.
+
+    Loading an 8B model takes longer than scoring a few hundred questions, so a recipe scores all
+    of its domain's tasks in one process. Each task writes its own JSON, identical for identical inputs.
+    """
+    items = [read_items(settings) for settings in tasks]
+    first = tasks[0]
     import torch
 
-    torch.manual_seed(settings.seed)
-    model, tokenizer = load_model(settings.model, settings.adapter, pick_device(settings.device))
-    encode = prompt_encoder(tokenizer, settings.template)
-    metrics = RUNNERS[TASKS[settings.task].kind](settings, items, model, tokenizer, encode)
+    model, tokenizer = load_model(first.model, first.adapter, pick_device(first.device))
+    encode = prompt_encoder(tokenizer, first.template)
+    results = []
+    for settings, task_items in zip(tasks, items):
+        started = time.time()
+        torch.manual_seed(settings.seed)
+        metrics = RUNNERS[TASKS[settings.task].kind](settings, task_items, model, tokenizer, encode)
+        results.append(write_results(settings, metrics))
+        print_table(results[-1], time.time() - started)
+    return results
+
+
+def evaluate(settings: EvalSettings) -> dict:
+    """Run one task; write the results JSON and print the summary table."""
+    return evaluate_tasks([settings])[0]
+
+
+def write_results(settings: EvalSettings, metrics: dict) -> dict:
     results = {
         "task": settings.task,
         "model": settings.model,
@@ -153,7 +176,6 @@ def evaluate(settings: EvalSettings) -> dict:
     }
     settings.output.parent.mkdir(parents=True, exist_ok=True)
     settings.output.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
-    print_table(results, time.time() - started)
     return results
 
 
