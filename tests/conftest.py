@@ -7,8 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Threads per process: the cores shared among the xdist workers, set before torch loads and passed on to
+# every subprocess. Two workers each running torch at full width on two cores made the suite 2.5x slower.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_var] = "1"
