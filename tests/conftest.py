@@ -9,8 +9,10 @@ from pathlib import Path
 
 # Threads per process: the cores shared among the xdist workers, set before torch loads and passed on to
 # every subprocess. Two workers each running torch at full width on two cores made the suite 2.5x slower.
-_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+# (Only in the workers: the controller's environment, which they inherit, is left alone.)
+if "PYTEST_XDIST_WORKER" in os.environ:
+    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
