@@ -283,7 +283,7 @@ def test_every_task_runs_on_smollm2_and_results_are_stable(tmp_path, smollm2_dir
     write_alpaca(tmp_path / "nll.json")
     extra = {"mc": ["--data", str(SHARED_DATA / "cola/eval/gsm8k/test/gsm8k_test.csv")], "nll": ["--data", str(tmp_path / "nll.json")]}
     for task in TASKS:
-        args = ["eval", "--model", str(smollm2_dir), "--task", task, "--limit", "4", "--max-new-tokens", "12", "--source", str(SHARED_DATA)]
+        args = ["eval", "--model", str(smollm2_dir), "--task", task, "--limit", "2", "--max-new-tokens", "8", "--source", str(SHARED_DATA)]
         args += ["--data-dir", str(data_dir), "--device", "cpu", *extra.get(task, []), "--output", str(tmp_path / f"{task}.json")]
         main(args)
         result = json.loads((tmp_path / f"{task}.json").read_text())
