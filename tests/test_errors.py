@@ -28,7 +28,7 @@ MORE_BAD_INPUT = [
     ({"activation_normalize": "yes"}, r"`activation_normalize` must be true or false"),
     ({"use_rslora": 1}, r"`use_rslora` must be true or false"),
     ({"lora_dropout": -0.1}, r"`lora_dropout` must be a number in \[0, 1\)"),
-    ({"quantization_bit": 8}, r"`quantization_bit: 8` is not supported"),
+    ({"quantization_bit": 4, "resize_vocab": True}, r"`resize_vocab: true` cannot be combined with `quantization_bit`"),
     ({"use_galore": True}, r"`use_galore: True` is a LoRA-only option"),
 ]
 

@@ -42,9 +42,14 @@ def _load_adapters(
     finetuning_args: "FinetuningArguments",
     is_trainable: bool,
 ) -> tuple["PreTrainedModel", bool]:
-    """Merge all listed adapters but the one training resumes on; return the model and whether one was kept."""
+    """Merge all listed adapters but the one training resumes on; return the model and whether one was kept.
+
+    On a quantised base the (single) adapter is never merged, as LLaMA-Factory does for LoRA: the
+    weights cannot take it exactly.
+    """
     paths = list(model_args.adapter_name_or_path)
-    resume = is_trainable and not finetuning_args.create_new_adapter
+    quantized = getattr(model, "quantization_method", None) is not None
+    resume = (is_trainable and not finetuning_args.create_new_adapter) or quantized
     if is_deepspeed_zero3_enabled() and len(paths) > 1:
         raise AiraMoeError("DeepSpeed ZeRO-3 accepts a single aira_moe adapter; merge the others first.")
     to_merge = paths[:-1] if resume else paths
@@ -53,7 +58,7 @@ def _load_adapters(
     if to_merge:
         logger.info_rank0(f"Merged {len(to_merge)} aira_moe adapter(s).")
     if resume:
-        model = PeftModel.from_pretrained(model, paths[-1], is_trainable=True, subfolder=model_args.adapter_folder)
+        model = PeftModel.from_pretrained(model, paths[-1], is_trainable=is_trainable, subfolder=model_args.adapter_folder)
     logger.info_rank0("Loaded adapter(s): {}".format(",".join(paths)))
     return model, resume
 
@@ -99,8 +104,6 @@ def init_aira_moe_adapter(
     is_trainable: bool,
 ) -> "PreTrainedModel":
     """LLaMA-Factory's `init_adapter` for `finetuning_type: aira_moe`."""
-    if getattr(model, "quantization_method", None) is not None:
-        raise AiraMoeError("aira_moe does not support quantised base models yet; drop `quantization_bit`.")
     resumed = False
     if model_args.adapter_name_or_path is not None:
         model, resumed = _load_adapters(model, model_args, finetuning_args, is_trainable)

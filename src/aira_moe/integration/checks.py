@@ -14,7 +14,9 @@ from ..errors import AiraMoeError
 from ..tuner.peft_type import PEFT_TYPE, saved_peft_type
 from .arguments import argument_name, option_values
 
-REFUSED_MODEL_OPTIONS = ("quantization_bit", "use_unsloth", "use_kt")
+REFUSED_MODEL_OPTIONS = ("use_unsloth", "use_kt")
+# on-the-fly quantisation methods whose layers stay torch.nn.Linear (bitsandbytes' Linear4bit / Linear8bitLt)
+QUANTIZATION_METHODS = ("bnb",)
 # transformers releases whose FlashAttention-2 path calls `s_aux.to` on None (transformers issue 45588)
 FA2_BROKEN_TRANSFORMERS = ("5.6.0",)
 
@@ -31,6 +33,30 @@ def check_attention(model_args: Any) -> None:
         )
 
 
+def check_quantization(model_args: Any, finetuning_args: Any) -> None:
+    """What LLaMA-Factory refuses for quantised LoRA, and the methods whose layers aira_moe cannot wrap."""
+    if model_args.quantization_bit is None:
+        return
+    method = str(getattr(model_args.quantization_method, "value", model_args.quantization_method))
+    if method not in QUANTIZATION_METHODS:
+        raise AiraMoeError(
+            f"`quantization_method: {method}` replaces the linear layers aira_moe adapts and that AwSVD must read; "
+            f"allowed with finetuning_type aira_moe: {', '.join(QUANTIZATION_METHODS)} (quantization_bit 4 or 8)."
+        )
+    if model_args.resize_vocab:
+        raise AiraMoeError("`resize_vocab: true` cannot be combined with `quantization_bit` (quantised embeddings).")
+    if model_args.adapter_name_or_path and finetuning_args.create_new_adapter:
+        raise AiraMoeError(
+            "`create_new_adapter: true` cannot be combined with `quantization_bit`: the adapters below it would have to be "
+            "merged into quantised weights; merge them on the unquantised base first."
+        )
+    if model_args.adapter_name_or_path and len(model_args.adapter_name_or_path) > 1:
+        raise AiraMoeError(
+            "`adapter_name_or_path` lists several adapters, but a quantised base takes one (merging into quantised weights "
+            "is not exact); merge them on the unquantised base first."
+        )
+
+
 def check_before_loading(model_args: Any, data_args: Any, finetuning_args: Any) -> None:
     """Everything that can be refused before the model loads; each message names the field and what is allowed."""
     for name in REFUSED_MODEL_OPTIONS:
@@ -38,8 +64,9 @@ def check_before_loading(model_args: Any, data_args: Any, finetuning_args: Any) 
         if value not in (None, False):
             raise AiraMoeError(
                 f"`{name}: {value!r}` is not supported with finetuning_type aira_moe "
-                f"(quantised bases, Unsloth and KTransformers are LoRA-only for now); remove it."
+                f"(Unsloth and KTransformers are LoRA-only for now); remove it."
             )
+    check_quantization(model_args, finetuning_args)
     check_attention(model_args)
     for path in model_args.adapter_name_or_path or []:
         check_adapter(Path(path), model_args.adapter_folder)

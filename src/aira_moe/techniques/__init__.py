@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
 
@@ -70,6 +71,26 @@ def _take(dataloader: Iterable[Batch], steps: int) -> list[Batch]:
     return batches
 
 
+class BaseWeights(Mapping):
+    """The adapted layers' frozen weights by name, each read only when asked for.
+
+    A quantised base is dequantised one layer at a time, so reading every weight never holds
+    more than one layer's floating-point copy.
+    """
+
+    def __init__(self, layers: Mapping[str, AiraMoeLayer]) -> None:
+        self.layers = layers
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.layers[name].base_weight()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
 def initialize_aira_moe(
     model: nn.Module,
     config: AiraMoeConfig,
@@ -100,7 +121,7 @@ def initialize_aira_moe(
     if problem is not None:
         raise AiraMoeError(problem)
     batches = _take(dataloader, config.awsvd_collect_steps)
-    weights = {name: layer.get_base_layer().weight for name, layer in layers.items()}
+    weights = BaseWeights(layers)
     key = {
         "model_weights": fingerprint_weights(weights),
         "token_ids": fingerprint_batches(batches),

@@ -97,7 +97,7 @@ def apply_awsvd_init(
     started = time.time()
     for name, layer in tqdm(layers.items(), desc="aira_moe AwSVD", unit="layer",
                             disable=not (show_progress and is_main_process())):
-        weight = layer.get_base_layer().weight
+        weight = layer.base_weight()
         slices = expert_pairings(layer.collaboration[adapter_name], layer.num_A[adapter_name], layer.num_B[adapter_name])
         rank = slices * layer.r[adapter_name]
         try:

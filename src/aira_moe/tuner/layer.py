@@ -1,5 +1,9 @@
 """The AIRA-MoE layer: several A's and several B's around a frozen linear layer (docs/method.md §1).
 
+On a quantised base (bitsandbytes 4- or 8-bit storage) the AwSVD residual W - P0 cannot be written
+into the frozen weight, so P0 stays a separate frozen factor pair that the forward subtracts while
+the adapter is in use (docs/method.md §4, quantised bases).
+
 The experts of one layer are stored stacked, `A` as one `(num_A * r, d_in)` tensor and `B` as one
 `(d_out, num_B * r)` tensor, so the forward is two GEMMs and a tiny `(num_B, num_A)` mix in
 r-space, never a loop over (i, j) pairs. One tensor per bank and adapter also keeps peft's
@@ -18,7 +22,11 @@ import torch.nn.functional as F
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 
+from ..errors import AiraMoeError
 from .config import Collaboration
+
+# bitsandbytes' parameter classes (named, as peft does, so that bitsandbytes stays optional)
+QUANTIZED_WEIGHT_TYPES = ("Params4bit", "Int8Params")
 
 
 def collaboration_matrix(collaboration: Collaboration, num_A: int, num_B: int) -> torch.Tensor:
@@ -78,6 +86,8 @@ class AiraMoeLayer(BaseTunerLayer):
             )
         self.in_features = base.in_features
         self.out_features = base.out_features
+        # bitsandbytes packs W (in integers, or in the compute dtype's storage): W - P0 cannot be written into it
+        self.quantized = type(base.weight).__name__ in QUANTIZED_WEIGHT_TYPES
         self.kwargs = kwargs
         self.register_load_state_dict_pre_hook(AiraMoeLayer._load_residual)
 
@@ -177,12 +187,34 @@ class AiraMoeLayer(BaseTunerLayer):
         left, right = self.delta_factors(adapter_name)
         return left @ right
 
+    def base_weight(self) -> torch.Tensor:
+        """The frozen W as a floating-point tensor, dequantised from a quantised base, for the techniques to read.
+
+        Read-only on purpose: peft's `dequantize_module_weight` re-creates the parameter on the CPU,
+        which drops bitsandbytes' 8-bit state and breaks the next forward.
+        """
+        base = self.get_base_layer()
+        if not self.quantized:
+            return base.weight
+        import bitsandbytes.functional as bnb_functional
+
+        weight = base.weight
+        if type(weight).__name__ == "Params4bit":
+            return bnb_functional.dequantize_4bit(weight.data, weight.quant_state)
+        scales = weight.SCB if weight.SCB is not None else base.state.SCB  # moved to the state at the first forward
+        return bnb_functional.int8_vectorwise_dequant(weight.data, scales)
+
     @torch.no_grad()
     def add_to_base_weight(self, delta: torch.Tensor, safe_merge_of: Optional[str] = None) -> None:
         """W += delta, computed in fp32 and stored back in W's dtype (merge, unmerge and residuals).
 
         With `safe_merge_of` (an adapter name) a non-finite result is refused before W changes.
         """
+        if self.quantized:
+            raise AiraMoeError(
+                "an aira_moe adapter cannot be merged into a quantised (bitsandbytes) weight: load the "
+                "unquantised base model to merge or export (LLaMA-Factory: drop quantization_bit)"
+            )
         weight = self.get_base_layer().weight
         updated = weight.data.float() + delta
         if safe_merge_of is not None and not torch.isfinite(updated).all():
@@ -193,11 +225,13 @@ class AiraMoeLayer(BaseTunerLayer):
     def set_residual(self, adapter_name: str, left: torch.Tensor, right: torch.Tensor) -> None:
         """Make the frozen weight W - left @ right, undoing the residual it held before.
 
+        On a quantised base W is left as it is and the forward subtracts left @ right x instead.
         The factors may come from another device: peft loads a saved adapter's tensors onto the GPU
         while `aira-moe eval` or an export builds the model on the CPU and moves it afterwards.
         """
         device = self.get_base_layer().weight.device
-        self.add_to_base_weight(self.residual(adapter_name) - left.to(device).float() @ right.to(device).float())
+        if not self.quantized:
+            self.add_to_base_weight(self.residual(adapter_name) - left.to(device).float() @ right.to(device).float())
         # copies: the factors may be views of the trainable A (delta_factors), which must not move P0
         self.aira_res_left[adapter_name] = left.detach().to(self.aira_res_left[adapter_name], copy=True)
         self.aira_res_right[adapter_name] = right.detach().to(self.aira_res_right[adapter_name], copy=True)
@@ -259,7 +293,7 @@ class AiraMoeLayer(BaseTunerLayer):
             if torch.equal(left.to(current_left), current_left) and torch.equal(right.to(current_right), current_right):
                 continue
             dtype = module.get_base_layer().weight.dtype
-            if current_left.any() and dtype != torch.float32:
+            if current_left.any() and dtype != torch.float32 and not module.quantized:
                 warnings.warn(
                     f"loading adapter {adapter_name!r} over a different AwSVD residual on a {dtype} weight: the old "
                     "one is added back with rounding; load onto the original base model for an exact W - P0."
@@ -270,6 +304,16 @@ class AiraMoeLayer(BaseTunerLayer):
         """P0 x, which restores the base function where an adapter with a residual is not in use."""
         left, right = self.aira_res_left[adapter_name], self.aira_res_right[adapter_name]
         return F.linear(F.linear(self._cast_input_dtype(x, right.dtype), right), left)
+
+    def residual_terms(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The P0 corrections of the base output: W holds W - P0, so P0 x is added back where its adapter is
+        not in use; a quantised W holds W itself, so P0 x is subtracted where its adapter is in use."""
+        terms = []
+        for adapter_name in self.aira_res_left:
+            in_use = not self.disable_adapters and adapter_name in self.active_adapters
+            if in_use == self.quantized:
+                terms.append(-self.residual_output(x, adapter_name) if self.quantized else self.residual_output(x, adapter_name))
+        return terms
 
     def unload_and_optionally_merge_module(
         self, merge: bool, safe_merge: bool, adapter_names: Optional[list[str]]
@@ -345,15 +389,17 @@ class Linear(nn.Module, AiraMoeLayer):
         if self.disable_adapters and self.merged:
             self.unmerge()
         result = self.base_layer(x, *args, **kwargs)
-        for adapter_name in self.aira_res_left:
-            if self.disable_adapters or adapter_name not in self.active_adapters:
-                result = result + self.residual_output(x, adapter_name).to(result.dtype)
-        if self.disable_adapters or self.merged:
+        terms = self.residual_terms(x)
+        if not (self.disable_adapters or self.merged):
+            terms += [self.adapter_output(x, name) for name in self.active_adapters if name in self.aira_A]
+        if not terms:
             return result
-        for adapter_name in self.active_adapters:
-            if adapter_name in self.aira_A:
-                result = result + self.adapter_output(x, adapter_name).to(result.dtype)
-        return result
+        # summed before the base output: on a quantised base the adapter and -P0 x cancel exactly at the start,
+        # and an 8-bit base would turn a rounding residue into a jump in the next layer's quantised input
+        change = terms[0].to(result.dtype)
+        for term in terms[1:]:
+            change = change + term.to(result.dtype)
+        return result + change
 
     def __repr__(self) -> str:
         return "aira_moe." + super().__repr__()

@@ -1,0 +1,201 @@
+"""Speed and memory through the stock `llamafactory-cli train` path, one run per process, side by side.
+
+Each run is LLaMA-Factory's own `run_exp` on a YAML config (what `llamafactory-cli train` calls),
+with one callback added that times the optimizer steps on the GPU clock (synchronised) and reads
+the peak allocated memory. Models are real-shaped Llama configs with random weights
+(`train_from_scratch`, or a saved random checkpoint for quantised bases, which quantise at load).
+
+    python benchmarks/cli_benchmark.py --model llama-3.2-3b --runs lora,aira_basic,aira_full --liger both \\
+        --output results.jsonl
+
+Records (JSON lines): model, run, liger, gradient_checkpointing, quantization, batch, seq,
+ms_per_step (median over the timed steps), tokens_per_s, mfu (4 x linear parameters x tokens over
+989 TFLOP/s, the H200's dense bf16), peak_mem_gib, cap_gib, loss_first / loss_last, command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+PEAK_TFLOPS = 989.0
+SHAPES = {
+    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                         num_key_value_heads=8, vocab_size=49152, tie_word_embeddings=True),
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+}
+# The recipes' modes (examples/aira_moe/generality_*.yaml) at LoRA's rank 8 on all linear layers.
+RUNS = {
+    "lora": {"finetuning_type": "lora"},
+    "aira_basic": {"finetuning_type": "aira_moe", "num_A": 2, "num_B": 3},
+    "aira_standard": {"finetuning_type": "aira_moe", "num_A": 2, "num_B": 3, "use_activation_aware": True,
+                      "awsvd_collect_steps": 8},
+    "aira_full": {"finetuning_type": "aira_moe", "num_A": 2, "num_B": 3, "use_activation_aware": True,
+                  "use_layer_wise_rank": True, "min_rank": 4, "max_rank": 16, "use_awsvd_init": True,
+                  "awsvd_collect_steps": 8},
+}
+
+
+def model_dir(assets: Path, name: str, saved: bool) -> Path:
+    """A folder with the shape's config.json and a tokenizer; with `saved`, random weights too (once)."""
+    folder = assets / (f"{name}_weights" if saved else f"{name}_shape")
+    if (folder / "config.json").is_file() and (not saved or any(folder.glob("*.safetensors"))):
+        return folder
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**SHAPES[name], max_position_embeddings=4096, torch_dtype="bfloat16")
+    folder.mkdir(parents=True, exist_ok=True)
+    if saved:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model.save_pretrained(folder)
+        del model
+        torch.cuda.empty_cache()
+    else:
+        config.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(assets / "tokenizer").save_pretrained(folder)
+    return folder
+
+
+def run_config(args: argparse.Namespace, model: Path, run: str, liger: bool, output: Path) -> dict:
+    config = {
+        "model_name_or_path": str(model), "stage": "sft", "do_train": True, "lora_target": "all", "lora_rank": 8,
+        "dataset": args.dataset, "dataset_dir": str(args.data_dir), "template": "chatml", "cutoff_len": args.seq,
+        "packing": True, "per_device_train_batch_size": args.batch, "gradient_accumulation_steps": 1,
+        "max_steps": args.steps, "logging_steps": 5, "learning_rate": 1.0e-4, "bf16": True, "seed": 42,
+        "disable_gradient_checkpointing": not args.checkpointing, "enable_liger_kernel": liger,
+        "report_to": "none", "output_dir": str(output), "save_strategy": "no", "overwrite_output_dir": True,
+        "preprocessing_num_workers": 8, "max_samples": args.max_samples, **RUNS[run],
+    }
+    if args.quantization:
+        config["quantization_bit"] = args.quantization
+    else:
+        config["train_from_scratch"] = True
+    if run == "aira_full":
+        layers = SHAPES[args.model]["num_hidden_layers"]
+        config["rank_budget"] = 8 * layers
+    return config
+
+
+def child(config_path: str, record_path: str, cap_gib: float | None, warmup: int) -> None:
+    """In the training process: cap memory, time the steps, run LLaMA-Factory's run_exp."""
+    import torch
+    from llamafactory.train.tuner import run_exp
+    from transformers import TrainerCallback
+
+    if cap_gib:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(cap_gib * 2**30 / total)
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.losses: list[float] = []
+            self.linear_params = 0
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            self.linear_params = sum(
+                m.in_features * m.out_features for m in base.modules() if isinstance(m, torch.nn.Linear)
+            )
+            torch.cuda.reset_peak_memory_stats()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            torch.cuda.synchronize()
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self.started)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+    timer = StepTimer()
+    run_exp(yaml.safe_load(Path(config_path).read_text()), callbacks=[timer])
+    timed = timer.times[warmup:]
+    Path(record_path).write_text(json.dumps({
+        "ms_per_step": 1000 * statistics.median(timed), "steps_timed": len(timed),
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "linear_params": timer.linear_params,
+        "loss_curve": timer.losses,
+    }))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(SHAPES), required=True)
+    parser.add_argument("--runs", default="lora,aira_basic,aira_standard,aira_full")
+    parser.add_argument("--liger", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on (LLaMA-Factory's default)")
+    parser.add_argument("--quantization", type=int, choices=[4, 8], help="quantization_bit (bitsandbytes), from saved random weights")
+    parser.add_argument("--cap-gib", type=float, help="torch.cuda.set_per_process_memory_fraction to this many GiB")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--max-samples", type=int, default=20000)
+    parser.add_argument("--variant", default="", help="suffix for the record's variant field")
+    parser.add_argument("--assets", type=Path, default=Path(".gpu_assets"))
+    parser.add_argument("--data-dir", type=Path, default=Path(".gpu_assets/data"))
+    parser.add_argument("--dataset", default="medmcqa_train")
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child, args.cap_gib, args.warmup)
+        return
+    model = model_dir(args.assets, args.model, saved=args.quantization is not None)
+    ligers = {"off": [False], "on": [True], "both": [False, True]}[args.liger]
+    for run in args.runs.split(","):
+        for liger in ligers:
+            name = f"{args.model}_{run}_{'liger' if liger else 'plain'}{args.variant}"
+            folder = Path("/tmp/bench") / name
+            folder.mkdir(parents=True, exist_ok=True)
+            config_path, record_path = folder / "train.yaml", folder / "record.json"
+            config_path.write_text(yaml.safe_dump(run_config(args, model, run, liger, folder / "out")))
+            command = [sys.executable, __file__, "--model", args.model, "--warmup", str(args.warmup), "--output", "-",
+                       "--child", str(config_path), str(record_path)]
+            if args.cap_gib:
+                command += ["--cap-gib", str(args.cap_gib)]
+            started = time.time()
+            with open(folder / "log.txt", "w") as log:
+                code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ).returncode
+            record = {
+                "model": args.model, "run": run, "variant": f"{run.removeprefix('aira_')}{args.variant}", "liger": liger,
+                "gradient_checkpointing": args.checkpointing, "quantization": f"bnb-{args.quantization}bit" if args.quantization else "bf16",
+                "batch": args.batch, "seq": args.seq, "cap_gib": args.cap_gib, "wall_s": round(time.time() - started, 1),
+                "command": " ".join(["python", "benchmarks/cli_benchmark.py", *sys.argv[1:]]),
+            }
+            if code == 0 and record_path.is_file():
+                measured = json.loads(record_path.read_text())
+                tokens = args.batch * args.seq
+                seconds = measured["ms_per_step"] / 1000
+                record.update(
+                    ms_per_step=round(measured["ms_per_step"], 1), tokens_per_s=round(tokens / seconds),
+                    mfu=round(4 * measured["linear_params"] * tokens / seconds / (PEAK_TFLOPS * 1e12), 3),
+                    peak_mem_gib=round(measured["peak_mem_gib"], 2), steps_timed=measured["steps_timed"],
+                    loss_first=measured["loss_curve"][0] if measured["loss_curve"] else None,
+                    loss_last=measured["loss_curve"][-1] if measured["loss_curve"] else None,
+                    loss_curve=measured["loss_curve"],
+                )
+            else:
+                tail = (folder / "log.txt").read_text(errors="replace")[-1500:]
+                record["error"] = "out of memory" if "out of memory" in tail.lower() else tail
+            print(json.dumps({k: v for k, v in record.items() if k not in ("loss_curve", "command")}), flush=True)
+            with open(args.output, "a") as out:
+                out.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
