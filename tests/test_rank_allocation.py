@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from aira_moe.techniques.rank_allocation import allocate_ranks, block_of, lod_theta, outlier_fraction, write_allocation
+from aira_moe.techniques.rank_allocation import allocate_ranks, block_of, lod_theta, write_allocation
 
 
 def objective(theta, ranks) -> float:
@@ -75,7 +75,8 @@ def test_infeasible_budget_names_the_numbers(blocks, budget, min_rank, max_rank,
 def test_lod_theta_on_a_hand_made_example():
     """|W|=1 everywhere, ‖X‖ = (10, 1, ..., 1): one score in ten exceeds 2 x mean (mean 1.9)."""
     norms = torch.tensor([10.0] + [1.0] * 9)
-    assert outlier_fraction(torch.ones(4, 10) * norms, 2.0) == pytest.approx(0.1)
+    one_layer = lod_theta({"model.layers.0.self_attn.q_proj": torch.ones(4, 10)}, {"model.layers.0.self_attn.q_proj": norms}, 2.0)
+    assert one_layer == {0: pytest.approx(0.1)}
     weights = {
         "model.layers.0.self_attn.q_proj": torch.ones(4, 10),
         "model.layers.0.mlp.up_proj": -torch.ones(6, 10),  # |W| pools with the block's other layers
@@ -101,3 +102,14 @@ def test_allocation_is_written_as_json_and_plot(tmp_path):
     record = json.loads((tmp_path / "rank_allocation.json").read_text())
     assert record == {"theta_type": "lod", "theta": [0.1, 0.3], "ranks": [3, 5], "rank_budget": 8}
     assert (tmp_path / "rank_allocation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lod_theta_equals_the_fraction_of_the_concatenated_pool():
+    """Computed in two passes, one layer at a time; the definition is the pooled block's fraction above M x mean."""
+    generator = torch.Generator().manual_seed(0)
+    weights = {f"model.layers.{b}.{p}": torch.randn(8, 16, generator=generator) ** 3 for b in range(2) for p in ("q_proj", "up_proj")}
+    norms = {name: torch.rand(16, generator=generator) * 3 for name in weights}
+    theta = lod_theta(weights, norms, threshold_M=1.5)
+    for block in range(2):
+        pool = torch.cat([(w.abs() * norms[n]).flatten() for n, w in weights.items() if block_of(n) == block])
+        assert theta[block] == pytest.approx(float((pool > 1.5 * pool.mean()).float().mean()))

@@ -51,20 +51,28 @@ def check_budget(num_blocks: int, rank_budget: int, min_rank: int, max_rank: int
         )
 
 
-def outlier_fraction(scores: torch.Tensor, threshold_M: float) -> float:
-    """Fraction of `scores` above threshold_M x their mean."""
-    return float((scores > threshold_M * scores.mean()).float().mean())
-
-
 def lod_theta(
     weights: Mapping[str, torch.Tensor], input_norms: Mapping[str, torch.Tensor], threshold_M: float
 ) -> dict[int, float]:
-    """θ per block from the pooled |W_ij|·‖X_j‖₂ of the block's target layers."""
-    pooled = defaultdict(list)
-    for name, weight in weights.items():
-        norms = input_norms[name].to(weight.device, torch.float32)
-        pooled[block_of(name)].append((weight.float().abs() * norms).flatten())
-    return {block: outlier_fraction(torch.cat(scores), threshold_M) for block, scores in sorted(pooled.items())}
+    """θ per block from the pooled |W_ij|·‖X_j‖₂ of the block's target layers.
+
+    Two passes over the layers (the block's mean, then the count above M x it) instead of one
+    concatenated pool: one layer's scores are held at a time, which is what fits an 8B model's
+    block on an 8 GiB card next to its 4-bit weights.
+    """
+    def scores(name: str) -> torch.Tensor:
+        weight = weights[name]
+        return weight.float().abs() * input_norms[name].to(weight.device, torch.float32)
+
+    totals, counts, above = defaultdict(float), defaultdict(int), defaultdict(int)
+    for name in weights:
+        layer_scores = scores(name)
+        totals[block_of(name)] += float(layer_scores.sum(dtype=torch.float64))
+        counts[block_of(name)] += layer_scores.numel()
+    for name in weights:
+        block = block_of(name)
+        above[block] += int((scores(name) > threshold_M * (totals[block] / counts[block])).sum())
+    return {block: above[block] / counts[block] for block in sorted(counts)}
 
 
 def allocate_ranks(theta: list[float], rank_budget: int, min_rank: int, max_rank: int) -> list[int]:
