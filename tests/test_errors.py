@@ -29,6 +29,7 @@ MORE_BAD_INPUT = [
     ({"use_rslora": 1}, r"`use_rslora` must be true or false"),
     ({"lora_dropout": -0.1}, r"`lora_dropout` must be a number in \[0, 1\)"),
     ({"quantization_bit": 4, "resize_vocab": True}, r"`resize_vocab: true` cannot be combined with `quantization_bit`"),
+    ({"enable_liger_kernel": True, "lora_target": "q_proj,lm_head"}, r"`enable_liger_kernel: true` cannot be combined with an adapter on lm_head"),
     ({"use_galore": True}, r"`use_galore: True` is a LoRA-only option"),
 ]
 

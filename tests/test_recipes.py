@@ -110,9 +110,11 @@ def test_environment_overrides_and_visible_devices(tmp_path):
     assert "+ FORCE_TORCHRUN=1 NPROC_PER_NODE=2 " in header
     assert "FORCE_TORCHRUN" not in dry_run("law", GPUS="1")[0], "one process on one node runs without torchrun"
     assert "+ FORCE_TORCHRUN=1 NPROC_PER_NODE=1 " in dry_run("law", GPUS="1", NNODES="2")[0]
+    assert dry_run("law", LIGER="1")[1]["enable_liger_kernel"] is True and "enable_liger_kernel" not in dry_run("law", LIGER="0")[1]
 
 
-@pytest.mark.parametrize(("name", "value", "allowed"), [("GPUS", "two", "positive integer"), ("LAUNCHER", "mpirun", "torchrun, deepspeed")])
+@pytest.mark.parametrize(("name", "value", "allowed"), [("GPUS", "two", "positive integer"), ("LAUNCHER", "mpirun", "torchrun, deepspeed"),
+                                                       ("LIGER", "yes", "auto, 1, 0")])
 def test_bad_launch_variables_are_refused(name, value, allowed):
     result = subprocess.run([str(SCRIPTS / "math.sh")], env=script_env(DRY_RUN="1", **{name: value}), capture_output=True, text=True)
     assert result.returncode == 2 and f"{name}={value}" in result.stderr and allowed in result.stderr

@@ -57,6 +57,17 @@ def check_quantization(model_args: Any, finetuning_args: Any) -> None:
         )
 
 
+def check_liger(model_args: Any, finetuning_args: Any) -> None:
+    """Liger's fused cross-entropy reads `lm_head.weight` directly: an adapter there would be trained on nothing."""
+    targets = option_values(finetuning_args)["target_modules"]  # `all` leaves lm_head out, as for LoRA
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    if getattr(model_args, "enable_liger_kernel", False) and any("lm_head" in target for target in targets):
+        raise AiraMoeError(
+            "`enable_liger_kernel: true` cannot be combined with an adapter on lm_head (`lora_target`): Liger's fused "
+            "cross-entropy reads lm_head.weight directly and would bypass it; drop lm_head from lora_target or Liger."
+        )
+
+
 def check_before_loading(model_args: Any, data_args: Any, finetuning_args: Any) -> None:
     """Everything that can be refused before the model loads; each message names the field and what is allowed."""
     for name in REFUSED_MODEL_OPTIONS:
@@ -68,6 +79,7 @@ def check_before_loading(model_args: Any, data_args: Any, finetuning_args: Any) 
             )
     check_quantization(model_args, finetuning_args)
     check_attention(model_args)
+    check_liger(model_args, finetuning_args)
     for path in model_args.adapter_name_or_path or []:
         check_adapter(Path(path), model_args.adapter_folder)
     techniques = [name for name in ("use_layer_wise_rank", "use_activation_aware", "use_awsvd_init")
