@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
-from quality_study import DOMAINS, METHODS
+from quality_grid import DOMAINS, METHODS
 from report_cli import run_report
 
 
