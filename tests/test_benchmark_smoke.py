@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, run_python
 
 
 def test_speed_benchmark_smoke_mode(tmp_path):
@@ -239,3 +239,32 @@ def test_speed_shapes_take_another_vocabulary(monkeypatch):
     assert model_config("llama-3.2-3b").vocab_size == SHAPES["llama-3.2-3b"]["vocab_size"] == 128256
     config = model_config("llama-3.2-3b:49152")
     assert config.vocab_size == 49152 and config.hidden_size == 3072
+
+
+def test_cli_benchmark_configs_are_accepted_by_llamafactory(tmp_path, monkeypatch):
+    """Every run of cli_benchmark.py (both shapes, plain and 4-bit) is a config LLaMA-Factory's parser accepts,
+    with the documented mode settings; a broken benchmark would otherwise be found only on the GPU."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from cli_benchmark import RUNS, SHAPES, run_config
+    from transformers import LlamaConfig
+
+    configs = {}
+    for model, shape in SHAPES.items():
+        LlamaConfig(**shape).save_pretrained(tmp_path / model)
+        for quantization in (None, 4):
+            args = argparse.Namespace(model=model, dataset="d", data_dir=tmp_path, seq=1024, batch=8, steps=30,
+                                      checkpointing=quantization is not None, max_samples=100, quantization=quantization)
+            for run in RUNS:
+                config = run_config(args, tmp_path / model, run, liger=False, output=tmp_path / "out")
+                configs[f"{model}/{run}/{quantization}"] = dict(config, bf16=False)  # the parser checks bf16 support of this device
+    (tmp_path / "configs.json").write_text(json.dumps(configs, default=str))
+    output = run_python(f"""
+import json
+from llamafactory.hparams import get_train_args
+for name, config in json.load(open({str(tmp_path / 'configs.json')!r})).items():
+    model_args, _, training_args, finetuning_args, _ = get_train_args(config)
+    print(name, finetuning_args.finetuning_type, model_args.quantization_bit, finetuning_args.use_awsvd_init,
+          finetuning_args.rank_budget if finetuning_args.finetuning_type == "aira_moe" else None)
+""")
+    assert "llama-3.1-8b/aira_full/4 aira_moe 4 True 256" in output and "llama-3.2-3b/aira_full/None aira_moe None True 224" in output
+    assert output.count(" lora ") == 4 and output.count(" aira_moe ") == 12
