@@ -25,13 +25,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from aira_moe import AiraMoeConfig
 from aira_moe.tuner import Linear as AiraMoeLinear
+from llama_shapes import H200_BF16_FLOPS, LLAMA_SHAPES
 
-H200_BF16_FLOPS = 989e12
 SHAPES = {
-    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
-                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    **LLAMA_SHAPES,
     "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=256, tie_word_embeddings=True),
 }

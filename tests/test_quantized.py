@@ -10,7 +10,9 @@ Then the whole path through the stock `llamafactory-cli` with `quantization_bit:
 from __future__ import annotations
 
 import json
+import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -90,12 +92,10 @@ def test_qlora_trains_resumes_chats_and_exports_through_the_cli(tmp_path, tiny_m
     log = run_cli(["llamafactory-cli", "train", str(config)], cwd=tmp_path)
     assert "Quantizing model to 4 bit with bitsandbytes" in log and "AwSVD initialised 14 layers" in log
     losses = trainer_losses(tmp_path / "out")
-    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses.values())
 
     resumed = tmp_path / "resumed"
-    (resumed / "checkpoint-2").parent.mkdir()
-    import shutil
-
+    resumed.mkdir()
     shutil.copytree(tmp_path / "out" / "checkpoint-2", resumed / "checkpoint-2")
     shutil.copy(tmp_path / "out" / "aira_moe_calibration.pt", resumed)
     config = write_train_yaml(tmp_path / "resume.yaml", tiny_model_dir, medmcqa_dir, resumed, **full_mode)

@@ -57,20 +57,12 @@ def visible(page, label: str, exact: bool = False):
     return page.get_by_label(label, exact=exact).filter(visible=True).first
 
 
-def choose(page, label: str, value: str) -> None:
-    box = visible(page, label, exact=True)
+def choose(page, label: str, value: str, exact: bool = True) -> None:
+    box = visible(page, label, exact=exact)
     box.click()
     box.fill(value)
     page.get_by_role("option", name=value, exact=True).click()
     page.wait_for_timeout(700)  # let the change events it fires settle
-
-
-def select_checkpoint(page, name: str) -> None:
-    box = visible(page, "Checkpoint path")
-    box.click()
-    box.fill(name)
-    page.get_by_role("option", name=name, exact=True).click()
-    page.wait_for_timeout(700)
 
 
 def wait_for_file(path_glob, root: Path, page, seconds: int = 300) -> Path:
@@ -127,13 +119,13 @@ def test_the_aira_moe_panel_trains_and_its_checkpoint_loads_in_chat_and_export(w
         assert arguments["awsvd_collect_steps"] == 2 and arguments["lora_rank"] == 8 and arguments["lora_target"] == "all"
         adapter = wait_for_file("saves/Custom/aira_moe/*/adapter_config.json", cwd, page).parent
         assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "AIRA_MOE"
-        select_checkpoint(page, adapter.name)
+        choose(page, "Checkpoint path", adapter.name, exact=False)
         page.get_by_role("tab", name="Chat").click()
         page.get_by_role("button", name="Load model").first.click()
         page.wait_for_function("text => [...document.querySelectorAll('textarea')].some(box => box.value.includes(text))",
                                arg="Model loaded, now you can chat with your model!", timeout=120000)
         page.get_by_role("tab", name="Export").click()
-        select_checkpoint(page, adapter.name)  # the run's end refreshes the checkpoint list, which may clear it
+        choose(page, "Checkpoint path", adapter.name, exact=False)  # the run's end refreshes the checkpoint list, which may clear it
         export_dir = visible(page, "Export dir")
         export_dir.fill(str(cwd / "exported"))
         export_dir.press("Tab")  # the change event reaches the server before the click

@@ -312,7 +312,8 @@ class AiraMoeLayer(BaseTunerLayer):
         for adapter_name in self.aira_res_left:
             in_use = not self.disable_adapters and adapter_name in self.active_adapters
             if in_use == self.quantized:
-                terms.append(-self.residual_output(x, adapter_name) if self.quantized else self.residual_output(x, adapter_name))
+                term = self.residual_output(x, adapter_name)
+                terms.append(-term if self.quantized else term)
         return terms
 
     def unload_and_optionally_merge_module(
