@@ -40,6 +40,7 @@ def run_config(model: str, data_dir: str, domain: str, method: str, lr: float, s
         **settings,
         "dataset": train,
         "eval_dataset": test,
+        "eval_on_each_dataset": "," in test,
         "dataset_dir": data_dir,
         "template": "chatml",
         "cutoff_len": 512,
@@ -132,6 +133,9 @@ def train_once(key: str, config: dict, gpu: str, workdir: Path) -> dict:
         record["loss_curve"] = [[r["current_steps"], r["loss"]] for r in rows if "loss" in r]
     trainable = re.findall(r"trainable params: ([\d,]+)", log)
     record["trainable_params"] = int(trainable[-1].replace(",", "")) if trainable else None
+    per_dataset = [record.get(f"eval_{name}_loss") for name in config["eval_dataset"].split(",")]
+    if len(per_dataset) > 1 and None not in per_dataset:  # a mixture: the primary measure is the mean over its test sets
+        record["eval_loss"] = sum(per_dataset) / len(per_dataset)
     if result.returncode != 0:
         record["error"] = log[-1500:]
     return record
@@ -174,6 +178,8 @@ def main() -> None:
     parser.add_argument("--domains", default=",".join(DOMAINS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--lrs", default="1e-4,4e-4,1.6e-3")
+    parser.add_argument("--method-lrs", type=json.loads, default={},
+                        help='JSON {"method": [rates]}: these methods swept on their own grid instead of --lrs.')
     parser.add_argument("--best-of", type=Path, help="Instead of --lrs: each domain and method at its best rate in this results file (for more seeds).")
     parser.add_argument("--extend-edges", type=Path, help="Instead of --lrs: one rate beyond the grid for each domain and method whose best rate in this results file is at the grid's edge.")
     parser.add_argument("--seeds", default="0")
@@ -189,7 +195,8 @@ def main() -> None:
                         help="Raw benchmark folder for the multiple-choice tasks (layout of ../shared/data).")
     args = parser.parse_args()
     domains, methods = args.domains.split(","), args.methods.split(",")
-    for option, given, allowed in (("--domains", domains, DOMAINS), ("--methods", methods, METHODS)):
+    for option, given, allowed in (("--domains", domains, DOMAINS), ("--methods", methods, METHODS),
+                                   ("--method-lrs", list(args.method_lrs), METHODS)):
         if unknown := [name for name in given if name not in allowed]:
             raise SystemExit(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
     if args.score:
@@ -201,7 +208,8 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         for domain in domains:
             for method in methods:
-                for lr in grid if chosen is None else chosen.get((domain, method), []):
+                rates = args.method_lrs.get(method, grid) if chosen is None else chosen.get((domain, method), [])
+                for lr in rates:
                     key = run_key(domain, method, lr, seed)
                     if key not in done:
                         output = args.workdir / "runs" / key.replace("/", "_")

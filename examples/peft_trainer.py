@@ -4,7 +4,7 @@
 
 `--data` is an alpaca-style JSON list (`instruction`, `input`, `output`), e.g. the files
 `aira-moe prepare-data` writes. The adapter is initialised by `initialize_aira_moe` on a shuffled,
-seeded loader of the same rows the Trainer trains on, then trained by `transformers.Trainer`;
+seeded loader of the same rows the Trainer trains on, then trained by `transformers.Trainer` with per-bank learning rates;
 `PeftModel.from_pretrained(base, out)` loads the result (the package must be installed).
 """
 
@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from aira_moe import AiraMoeConfig, initialize_aira_moe
+from aira_moe.optimizer import trainer_optimizer
 
 
 def tokenized_rows(tokenizer, path: Path, cutoff: int) -> list[dict]:
@@ -65,7 +66,9 @@ def main() -> None:
         learning_rate=5e-4, logging_steps=5, save_strategy="no", report_to="none", seed=args.seed,
         label_names=["labels"], use_cpu=not torch.cuda.is_available(),
     )
-    Trainer(model=model, args=training, train_dataset=rows, data_collator=collator).train()
+    # per-bank learning rates (bank_lr_scaling), as LLaMA-Factory runs get them
+    optimizers = (trainer_optimizer(model, training), None)
+    Trainer(model=model, args=training, train_dataset=rows, data_collator=collator, optimizers=optimizers).train()
     model.save_pretrained(args.output)
     print(f"saved the adapter to {args.output}")
 

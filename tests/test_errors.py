@@ -31,6 +31,7 @@ MORE_BAD_INPUT = [
     ({"quantization_bit": 4, "resize_vocab": True}, r"`resize_vocab: true` cannot be combined with `quantization_bit`"),
     ({"enable_liger_kernel": True, "lora_target": "q_proj,lm_head"}, r"`enable_liger_kernel: true` cannot be combined with an adapter on lm_head"),
     ({"use_galore": True}, r"`use_galore: True` is a LoRA-only option"),
+    ({"use_adam_mini": True}, r"`use_adam_mini: true` builds its own optimizer.*set `bank_lr_scaling: false`"),
 ]
 
 WORKER = """

@@ -29,6 +29,8 @@ REFUSED_LORA_OPTIONS = {
     "use_apollo": False,
     "use_badam": False,
 }
+# LLaMA-Factory optimizers that aira_moe allows but that build their own parameter groups
+OWN_OPTIMIZERS = ("use_adam_mini", "use_muon")
 _HINTS = typing.get_type_hints(AiraMoeConfig)
 OUR_OPTIONS = tuple(f.name for f in fields(AiraMoeConfig) if f.metadata.get("argument"))
 # config field -> the LLaMA-Factory (LoRA) argument it is read from
@@ -63,6 +65,10 @@ def validate_aira_moe_arguments(args: "AiraMoeFinetuningArguments") -> None:
     check_options(option_values(args), label=argument_name)
     if args.stage not in SUPPORTED_STAGES:
         raise AiraMoeError(f"`stage` must be one of {', '.join(SUPPORTED_STAGES)} with finetuning_type aira_moe; got {args.stage!r}.")
+    for name in OWN_OPTIMIZERS:
+        if args.bank_lr_scaling and getattr(args, name, False):
+            raise AiraMoeError(f"`{name}: true` builds its own optimizer, which has no per-bank learning rates; "
+                               f"set `bank_lr_scaling: false` to use it with finetuning_type aira_moe.")
     for name, off in REFUSED_LORA_OPTIONS.items():
         if getattr(args, name, off) != off:
             raise AiraMoeError(

@@ -7,6 +7,7 @@ weight is loaded and before calibration.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -154,3 +155,20 @@ def target_shapes(
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and check_target_module_exists(matcher, name)
     }
+
+
+def check_resume(checkpoint: Optional[str], bank_lr_scaling: bool) -> None:
+    """Resuming needs the checkpoint's per-bank rates: its optimizer state holds one entry per parameter group.
+
+    Checkpoints saved before `bank_lr_scaling` existed were trained without it.
+    """
+    config = Path(checkpoint) / "adapter_config.json" if checkpoint else None
+    if config is None or not config.is_file():
+        return
+    saved = json.loads(config.read_text(encoding="utf-8")).get("bank_lr_scaling", False)
+    if saved != bank_lr_scaling:
+        setting = str(saved).lower()
+        raise AiraMoeError(
+            f"`bank_lr_scaling: {str(bank_lr_scaling).lower()}` cannot resume {checkpoint}, which was trained with "
+            f"bank_lr_scaling: {setting}; set `bank_lr_scaling: {setting}` to resume it, or train into a new output_dir."
+        )

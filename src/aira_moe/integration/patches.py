@@ -117,8 +117,10 @@ def _run_in_scope(original: Callable) -> Callable:
     def run(model_args, data_args, training_args, finetuning_args, *args, **kwargs):
         if finetuning_args.finetuning_type != FINETUNING_TYPE:
             return original(model_args, data_args, training_args, finetuning_args, *args, **kwargs)
+        from .checks import check_resume
         from .run_data import training_run
 
+        check_resume(training_args.resume_from_checkpoint, finetuning_args.bank_lr_scaling)
         with training_run():
             return original(model_args, data_args, training_args, finetuning_args, *args, **kwargs)
 
@@ -149,9 +151,24 @@ def _reference_by_disabling(original: Callable) -> Callable:
     return create_ref_model
 
 
+def _bank_rates(original: Callable) -> Callable:
+    """Where LLaMA-Factory builds no optimizer of its own, an aira_moe run gets per-bank learning rates."""
+
+    def create_custom_optimizer(model, training_args, finetuning_args):
+        optimizer = original(model, training_args, finetuning_args)
+        if optimizer is None and finetuning_args.finetuning_type == FINETUNING_TYPE and finetuning_args.bank_lr_scaling:
+            from ..optimizer import trainer_optimizer
+
+            optimizer = trainer_optimizer(model, training_args)
+        return optimizer
+
+    return create_custom_optimizer
+
+
 def patch_trainer_utils(trainer_utils: ModuleType) -> None:
-    """The dpo and kto workflows bind `create_ref_model` by name from here."""
+    """The dpo and kto workflows bind `create_ref_model`, every trainer `create_custom_optimizer`, by name from here."""
     _wrap(trainer_utils, "create_ref_model", _reference_by_disabling)
+    _wrap(trainer_utils, "create_custom_optimizer", _bank_rates)
 
 
 def _remember_names(original: Callable) -> Callable:

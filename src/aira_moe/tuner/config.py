@@ -58,7 +58,7 @@ class AiraMoeConfig(PeftConfig):
     num_B: int = option(3, "Number of B matrices (experts on the output side) per adapted layer (documented 3-4).")
     collaboration: Collaboration = option(
         "fully",
-        "How the A's and B's combine: `fully` (all pairs; exactly one rank-r adapter with scaled learning rates, "
+        "How the A's and B's combine: `fully` (all pairs; exactly one rank-r adapter, "
         "so extra experts add no rank), `heuristic` (fixed pairing, needs num_A <= num_B) or `learned` "
         "(trainable Ω); with the last two the experts can hold min(num_A, num_B) x r directions.",
     )
@@ -67,6 +67,12 @@ class AiraMoeConfig(PeftConfig):
         "Dtype of the adapter's matmuls: `input` runs them in the activations' dtype (bf16 on a bf16 model) while "
         "the trainable weights keep their own dtype (fp32 masters under LLaMA-Factory), as autocast does; "
         "`parameter` runs them in the weights' dtype, as peft's LoRA does.",
+    )
+    bank_lr_scaling: bool = option(
+        True,
+        "Divide each expert bank's learning rate by the number of experts that share its gradient, so that "
+        "`learning_rate` means what it means for LoRA (`fully` then trains as LoRA at rank r); false gives every "
+        "bank the full rate, as before (`fully` then moves num_A x num_B times as fast).",
     )
     use_activation_aware: bool = option(False, "Scale adapter channels by static activation weights from calibration.")
     activation_aware_mode: Literal["inps", "outps"] = option(
@@ -125,7 +131,7 @@ def choices(name: str) -> tuple[str, ...]:
 
 
 INTEGER_OPTIONS = ("r", "num_A", "num_B", "min_rank", "max_rank", "awsvd_collect_steps")
-BOOLEAN_OPTIONS = ("use_rslora", "use_activation_aware", "activation_normalize", "use_layer_wise_rank", "use_awsvd_init")
+BOOLEAN_OPTIONS = ("use_rslora", "bank_lr_scaling", "use_activation_aware", "activation_normalize", "use_layer_wise_rank", "use_awsvd_init")
 CHOICE_OPTIONS = ("collaboration", "adapter_compute_dtype", "activation_aware_mode", "theta_type", "objective_function")
 
 

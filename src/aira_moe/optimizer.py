@@ -1,0 +1,81 @@
+"""Per-bank learning rates, so that `learning_rate` means for aira_moe what it means for LoRA.
+
+Experts whose gradients are equal by construction receive equal Adam updates and move as one:
+under `fully` every A_i gets Σ_j B_jᵀ G and every B_j gets G (Σ_i A_i)ᵀ, so Σ_i A_i moves num_A
+times and Σ_j B_j num_B times as fast as one LoRA factor at the same rate (docs/method.md §1).
+Each bank's rate is therefore divided by how many experts share its gradient direction: for
+A_i the columns of Ω that point like column i, for B_j the rows that point like row j (a sum of
+cosine similarities, so 1 for independent experts). `fully` then trains exactly as a rank-r LoRA
+at the user's rate; `heuristic` as num_A independent rank-r LoRAs; `learned` starts close to
+`fully` (its Ω has positive, nearly equal entries) and is scaled almost as much.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .logs import info_main
+from .tuner.layer import AiraMoeLayer
+
+# parameter names that get no weight decay, as transformers' Trainer decides
+NO_DECAY_PATTERNS = ("bias", "layernorm", "rmsnorm", "norm.")
+
+
+def shared_gradient_count(vectors: torch.Tensor) -> float:
+    """Mean over the rows of how many rows (itself included) point the same way: Σ of clipped cosines."""
+    unit = nn.functional.normalize(vectors.detach().double(), dim=1)
+    return float((unit @ unit.T).clamp(min=0).sum(1).mean())
+
+
+def bank_lr_factors(layer: AiraMoeLayer, adapter_name: str) -> dict[str, float]:
+    """Learning-rate factors of the layer's A bank, B bank and (learned) Ω for one adapter."""
+    omega = layer.omega(adapter_name)
+    return {"aira_A": 1.0 / shared_gradient_count(omega.T), "aira_B": 1.0 / shared_gradient_count(omega), "aira_omega": 1.0}
+
+
+def _decays(name: str, parameter: nn.Parameter) -> bool:
+    return parameter.ndim > 1 and not any(pattern in name.lower() for pattern in NO_DECAY_PATTERNS)
+
+
+def parameter_factors(model: nn.Module) -> dict[str, float]:
+    """Parameter name -> learning-rate factor, for the trainable parameters of every aira_moe bank."""
+    factors = {}
+    for module_name, module in model.named_modules():
+        if not isinstance(module, AiraMoeLayer):
+            continue
+        for adapter_name in module.aira_A:
+            for bank, factor in bank_lr_factors(module, adapter_name).items():
+                factors[f"{module_name}.{bank}.{adapter_name}"] = factor
+    return factors
+
+
+def optimizer_parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    """Parameter groups for any torch optimizer: the trainable parameters grouped by (rate, weight decay).
+
+    Parameters outside the banks (`modules_to_save`, a value head) keep `learning_rate`. For plain
+    peft + transformers: `torch.optim.AdamW(optimizer_parameter_groups(model, 2e-4, 0.01))`.
+    """
+    factors = parameter_factors(model)
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            key = (learning_rate * factors.get(name, 1.0), weight_decay if _decays(name, parameter) else 0.0)
+            groups.setdefault(key, []).append(parameter)
+    return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
+
+
+def trainer_optimizer(model: nn.Module, args: Any) -> torch.optim.Optimizer:
+    """The optimizer transformers' Trainer would build from `args` (class, betas, eps), with per-bank rates.
+
+    `Trainer(..., optimizers=(trainer_optimizer(model, args), None))`; LLaMA-Factory runs get it by itself.
+    """
+    from transformers import Trainer
+
+    optimizer_class, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    groups = optimizer_parameter_groups(model, args.learning_rate, args.weight_decay)
+    rates = sorted({group["lr"] / args.learning_rate for group in groups})
+    info_main(f"Per-bank learning rates (bank_lr_scaling): learning_rate x {', '.join(f'{rate:.3g}' for rate in rates)}.")
+    return optimizer_class(groups, **optimizer_kwargs)
