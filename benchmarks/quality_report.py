@@ -86,7 +86,7 @@ def best_settings(losses) -> dict[tuple[str, str], dict]:
 def markdown_table(best) -> str:
     domains = [d for d in DOMAINS if any(k[0] == d for k in best)]
     lines = ["| method | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
-    for method in METHODS:
+    for method in (m for m in METHODS if any(k[1] == m for k in best)):
         cells = []
         for domain in domains:
             entry = best.get((domain, method))
@@ -124,7 +124,7 @@ def scores_table(scores) -> str:
     if not tasks:
         return ""
     lines = ["| method | " + " | ".join(f"{t} ({HEADLINE[t]})" for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
-    for method in METHODS:
+    for method in (m for m in METHODS if any(key[1] == m for key in scores)):
         cells = []
         for task in tasks:
             values = next((by_task[task] for (_, m), by_task in scores.items() if m == method and task in by_task), [])
@@ -149,9 +149,9 @@ def plot(study: dict, path: Path) -> None:
     best, curves = study["best"], study["curves"]
     domains = [d for d in DOMAINS if any(k[0] == d for k in best)]
     figure, axes = plt.subplots(2, len(domains), figsize=(4.2 * len(domains), 7.6), squeeze=False)
-    colours = dict(zip(METHODS, plt.get_cmap("tab10").colors))
+    colours = dict(zip(METHODS, plt.get_cmap("tab20").colors))
     for bars, lines, domain in zip(axes[0], axes[1], domains):
-        methods = [m for m in METHODS if (domain, m) in best]
+        methods = [m for m in METHODS if (domain, m) in best and math.isfinite(best[(domain, m)]["mean"])]  # not diverged
         means = [best[(domain, m)]["mean"] for m in methods]
         errors = [best[(domain, m)]["std"] or 0.0 for m in methods]
         bars.bar(range(len(methods)), means, yerr=errors, color=[colours[m] for m in methods])

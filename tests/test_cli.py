@@ -149,18 +149,6 @@ print("RESPONSE", repr(responses[0].response_text), responses[0].response_length
     assert response and int(response.group(2)) >= 1
 
 
-def test_two_process_torchrun_through_llamafactory_launcher(tiny_model_dir, medmcqa_dir, tmp_path):
-    config = write_train_yaml(tmp_path / "ddp.yaml", tiny_model_dir, medmcqa_dir, tmp_path / "out", max_steps=3)
-    log = run_cli(
-        ["llamafactory-cli", "train", str(config)],
-        cwd=tmp_path,
-        env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "MASTER_PORT": "29517"},
-    )
-    assert "world size: 2" in log
-    assert log.count("Fine-tuning method: AIRA-MoE") == 1  # logged by rank 0 only, but built on both
-    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["peft_type"] == "AIRA_MOE"
-
-
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory, tiny_model_dir, medmcqa_dir):
     """A full-mode run: calibration, layer-wise ranks, activation weights and AwSVD through the CLI."""

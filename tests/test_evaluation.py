@@ -295,21 +295,17 @@ def test_every_task_runs_on_smollm2_and_results_are_stable(tmp_path, smollm2_dir
 
 @pytest.mark.slow
 def test_lm_evaluation_harness_scores_an_exported_model(tmp_path, tiny_model_dir):
-    """The documented route: `llamafactory-cli export` an aira_moe adapter, then `lm_eval` with our task YAML."""
-    import yaml
+    """The documented route: merge an aira_moe adapter (as `llamafactory-cli export` does, tested in test_cli.py),
+    then `lm_eval` with our task YAML."""
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from aira_moe import AiraMoeConfig
 
-    config = AiraMoeConfig(r=4, num_A=2, num_B=3, target_modules=["q_proj", "v_proj"])
-    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config).save_pretrained(tmp_path / "adapter")
-    export = {
-        "model_name_or_path": str(tiny_model_dir), "adapter_name_or_path": str(tmp_path / "adapter"),
-        "finetuning_type": "aira_moe", "template": "chatml", "export_dir": str(tmp_path / "merged"),
-    }
-    (tmp_path / "export.yaml").write_text(yaml.safe_dump(export))
-    run_cli(["llamafactory-cli", "export", str(tmp_path / "export.yaml")], cwd=tmp_path)
+    config = AiraMoeConfig(r=4, num_A=2, num_B=3, target_modules=["q_proj", "v_proj"], init_weights=False)
+    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config)
+    adapted.merge_and_unload().save_pretrained(tmp_path / "merged")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "merged")
     (tmp_path / "data").mkdir()
     rows = [
         {"instruction": "Choose.", "input": f"Which is {i}?\nA. {i}\nB. {i + 1}\nC. {i + 2}\nD. {i + 3}", "output": f"{'ABCD'[i % 4]}. {i}"}

@@ -98,3 +98,22 @@ def test_resuming_needs_the_checkpoints_bank_rates(tmp_path):
     finetuning = SimpleNamespace(finetuning_type="aira_moe", bank_lr_scaling=True)
     with pytest.raises(AiraMoeError, match="trained with bank_lr_scaling: false; set `bank_lr_scaling: false`"):
         run_sft(None, None, training, finetuning)
+
+
+def test_a_trained_omega_keeps_the_groups_a_resumed_optimizer_expects():
+    """The factors come from Ω's start: a trained Ω (different in every layer) must not split or move the groups."""
+    model = adapted("learned")
+    before = [(group["lr"], len(group["params"])) for group in optimizer_parameter_groups(model, 1e-3)]
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "aira_omega" in name:
+                parameter.add_(torch.rand_like(parameter))
+    assert [(group["lr"], len(group["params"])) for group in optimizer_parameter_groups(model, 1e-3)] == before
+
+
+def test_every_option_has_its_chinese_label_in_the_web_ui():
+    from aira_moe.integration.arguments import OUR_OPTIONS
+    from aira_moe.integration.webui import locales
+
+    entries = locales()
+    assert all(entries[name]["zh"]["label"] for name in OUR_OPTIONS)

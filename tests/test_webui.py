@@ -45,6 +45,7 @@ def webui(tmp_path):
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 break
+        assert server.poll() is None, f"llamafactory-cli webui exited:\n{(tmp_path / 'webui.log').read_text()[-4000:]}"
         time.sleep(1)
     yield f"http://127.0.0.1:{port}/", tmp_path
     server.terminate()

@@ -7,7 +7,8 @@ Each bank's rate is therefore divided by how many experts share its gradient dir
 A_i the columns of Ω that point like column i, for B_j the rows that point like row j (a sum of
 cosine similarities, so 1 for independent experts). `fully` then trains exactly as a rank-r LoRA
 at the user's rate; `heuristic` as num_A independent rank-r LoRAs; `learned` starts close to
-`fully` (its Ω has positive, nearly equal entries) and is scaled almost as much.
+`fully` (its Ω starts with positive, nearly equal entries) and is scaled almost as much; the
+factors come from Ω's start, so every layer and a resumed run share them.
 """
 
 from __future__ import annotations
@@ -31,9 +32,14 @@ def shared_gradient_count(vectors: torch.Tensor) -> float:
 
 
 def bank_lr_factors(layer: AiraMoeLayer, adapter_name: str) -> dict[str, float]:
-    """Learning-rate factors of the layer's A bank, B bank and (learned) Ω for one adapter."""
-    omega = layer.omega(adapter_name)
-    return {"aira_A": 1.0 / shared_gradient_count(omega.T), "aira_B": 1.0 / shared_gradient_count(omega), "aira_omega": 1.0}
+    """Learning-rate factors of the layer's A bank, B bank and (learned) Ω for one adapter.
+
+    Read from Ω as training starts, not its current value: the factors are then the same in every
+    layer and in a resumed run (whose optimizer state must find the groups it was saved with).
+    """
+    omega = layer.start_omega(adapter_name)
+    factors = {"aira_A": 1.0 / shared_gradient_count(omega.T), "aira_B": 1.0 / shared_gradient_count(omega)}
+    return {**{bank: round(factor, 12) for bank, factor in factors.items()}, "aira_omega": 1.0}
 
 
 def _decays(name: str, parameter: nn.Parameter) -> bool:

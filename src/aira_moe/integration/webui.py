@@ -31,6 +31,8 @@ ZH = {
     "collaboration": ("协同策略", "fully：全部组合，等价于一个秩为 r 的适配器；heuristic：固定配对（需 num_A <= num_B）；"
                       "learned：可学习的 Ω。后两者的专家可提供 min(num_A, num_B) x r 个方向。"),
     "adapter_compute_dtype": ("适配器计算精度", "input：按激活值精度计算（bf16 模型上为 bf16）；parameter：按权重精度计算。"),
+    "bank_lr_scaling": ("分组学习率", "每组专家的学习率除以共享同一梯度的专家数，使 learning_rate 与 LoRA 含义相同"
+                        "（fully 即等同于秩为 r 的 LoRA）；false：所有专家使用完整学习率。"),
     "use_activation_aware": ("激活感知加权", "用校准得到的静态通道权重缩放适配器。"),
     "activation_aware_mode": ("加权位置", "inps：缩放输入通道（来自 rms_in）；outps：缩放输出通道（来自 rms_out）。"),
     "activation_normalize": ("权重归一化", "将激活权重裁剪到 [0.1, 10] 并重新缩放到均值 1。"),

@@ -153,6 +153,15 @@ class AiraMoeLayer(BaseTunerLayer):
             return self.aira_omega[adapter_name]
         return self.aira_mix[adapter_name]
 
+    def start_omega(self, adapter_name: str) -> torch.Tensor:
+        """Ω as training starts: the strategy's pattern; after AwSVD, `learned` pairs A_k with B_k (identity block)."""
+        num_A, num_B = self.num_A[adapter_name], self.num_B[adapter_name]
+        omega = collaboration_matrix(self.collaboration[adapter_name], num_A, num_B)
+        if self.collaboration[adapter_name] == "learned" and adapter_name in self.aira_res_left:
+            pairs = min(num_A, num_B)
+            omega[:pairs, :pairs] = torch.eye(pairs)
+        return omega
+
     def mixed_B(self, adapter_name: str) -> torch.Tensor:
         """[B_1 … B_N](Ω ⊗ I_r): the (d_out, num_A * r) matrix with ΔW = s · mixed_B · A."""
         B = self.aira_B[adapter_name]
@@ -275,8 +284,7 @@ class AiraMoeLayer(BaseTunerLayer):
             pairs = min(num_A, num_B)
             A, B = A0.new_zeros(num_A * r, self.in_features), B0.new_zeros(self.out_features, num_B * r)
             A[: pairs * r], B[:, : pairs * r] = A0, B0
-            omega = self.aira_omega[adapter_name]
-            omega[:pairs, :pairs] = torch.eye(pairs, dtype=omega.dtype, device=omega.device)
+            self.aira_omega[adapter_name].copy_(self.start_omega(adapter_name))
         self.aira_A[adapter_name].copy_(A)
         self.aira_B[adapter_name].copy_(B)
         self.set_residual(adapter_name, *self.delta_factors(adapter_name))
