@@ -28,7 +28,8 @@ from threading import Lock
 from quality_grid import DOMAINS, METHODS, SCORE_TASKS
 
 
-def run_config(model: str, data_dir: str, domain: str, method: str, lr: float, seed: int, steps: int, output: Path) -> dict:
+def run_config(model: str, data_dir: str, domain: str, method: str, lr: float, seed: int, steps: int, output: Path,
+               template: str = "chatml") -> dict:
     train, test = DOMAINS[domain]
     settings, multiplier = METHODS[method]
     return {
@@ -42,7 +43,7 @@ def run_config(model: str, data_dir: str, domain: str, method: str, lr: float, s
         "eval_dataset": test,
         "eval_on_each_dataset": "," in test,
         "dataset_dir": data_dir,
-        "template": "chatml",
+        "template": template,
         "cutoff_len": 512,
         "preprocessing_num_workers": 2,
         "dataloader_num_workers": 0,
@@ -174,6 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--template", default="chatml", help="LLaMA-Factory template (`gemma` for Gemma-3-270M).")
     parser.add_argument("--results", type=Path, required=True, help="JSON lines; existing runs are skipped.")
     parser.add_argument("--domains", default=",".join(DOMAINS))
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -213,7 +215,8 @@ def main() -> None:
                     key = run_key(domain, method, lr, seed)
                     if key not in done:
                         output = args.workdir / "runs" / key.replace("/", "_")
-                        config = run_config(args.model, args.data_dir, domain, method, lr, seed, args.steps, output)
+                        config = run_config(args.model, args.data_dir, domain, method, lr, seed, args.steps, output,
+                                            args.template)
                         jobs.append((key, {**config, **args.override}))
     args.workdir.mkdir(parents=True, exist_ok=True)
     slots: Queue[str] = Queue()

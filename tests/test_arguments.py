@@ -172,6 +172,6 @@ def test_the_arguments_are_derived_from_the_config():
 
     ours = {f.name: f for f in fields(AiraMoeConfig) if f.metadata.get("argument")}
     theirs = {f.name: f for f in fields(AiraMoeFinetuningArguments)}
-    assert len(ours) == 16
+    assert len(ours) == 17
     for name, declared in ours.items():
         assert theirs[name].default == declared.default and theirs[name].metadata["help"] == declared.metadata["help"]

@@ -274,6 +274,6 @@ def test_law_on_two_nodes_of_one_process_on_localhost(tmp_path, tiny_model_dir, 
     assert [node.returncode for node in nodes] == [0, 0], "\n\n".join(log[-4000:] for log in logs)
     assert "--nnodes 2" in logs[0] or "num nodes: 2" in logs[0]
     assert "world size: 2" in logs[0].lower() or "distributed training: true" in logs[0].lower()
-    assert logs[0].count("Fine-tuning method: AIRA-MoE") == 1 and "Fine-tuning method" not in logs[1], "logged by rank 0 only"
+    assert all(log.count("Fine-tuning method: AIRA-MoE") == 1 for log in logs), "each node's local rank 0 logs it once"
     check_trained(output, logs[0])
     assert "lawbench: " in logs[0] and "lawbench: " not in logs[1], "only node 0 evaluates"

@@ -81,7 +81,7 @@ def trainer_optimizer(model: nn.Module, args: Any) -> torch.optim.Optimizer:
     from transformers import Trainer
 
     optimizer_class, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-    groups = optimizer_parameter_groups(model, args.learning_rate, args.weight_decay)
-    rates = sorted({group["lr"] / args.learning_rate for group in groups})
-    info_main(f"Per-bank learning rates (bank_lr_scaling): learning_rate x {', '.join(f'{rate:.3g}' for rate in rates)}.")
-    return optimizer_class(groups, **optimizer_kwargs)
+    factors = parameter_factors(model)
+    used = sorted({factors[name] for name, parameter in model.named_parameters() if parameter.requires_grad and name in factors})
+    info_main(f"Per-bank learning rates (bank_lr_scaling): learning_rate x {', '.join(f'{factor:.3g}' for factor in used)}.")
+    return optimizer_class(optimizer_parameter_groups(model, args.learning_rate, args.weight_decay), **optimizer_kwargs)
