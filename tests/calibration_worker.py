@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -43,14 +44,41 @@ def main(out: Path) -> None:
         results[attempt] = checksum(peft_model)
     results["ranks"] = sorted(peft_model.peft_config["default"].rank_pattern.items())
     results["cache_on_disk"] = (own_disk / CACHE_FILE).is_file()
+    results.update(ram_efficient_fsdp(out, rank, device))
     (out / f"result_rank{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 
 
-def checksum(peft_model) -> str:
-    """sha256 over every tensor (factors, residuals, W - P0, activation weights)."""
+def ram_efficient_fsdp(out: Path, rank: int, device: str) -> dict:
+    """As under accelerate's FSDP with RAM-efficient loading: local rank 0 holds the weights, the others zeros."""
+    os.environ.update(ACCELERATE_USE_FSDP="true", FSDP_CPU_RAM_EFFICIENT_LOADING="true")
+    try:
+        def loaded():
+            model = tiny_llama().to(device)
+            if int(os.environ["LOCAL_RANK"]) != 0:
+                with torch.no_grad():
+                    for parameter in model.parameters():
+                        parameter.zero_()
+            return model
+
+        model = loaded()
+        stats = collect_statistics(model, linear_modules(model), make_batches(count=5))
+        torch.save({n: {"sum_sq_in": s.sum_sq_in, "sum_sq_out": s.sum_sq_out, "tokens": s.tokens} for n, s in stats.items()},
+                   out / f"ram_efficient_stats_rank{rank}.pt")
+        peft_model = initialize_aira_moe(loaded(), AiraMoeConfig(**CONFIG), make_batches(count=5),
+                                         output_dir=out / f"ram_efficient_disk{rank}", show_progress=False)
+        return {"ram_efficient_adapter": checksum(peft_model, only="aira_"),
+                "ram_efficient_ranks": sorted(peft_model.peft_config["default"].rank_pattern.items())}
+    finally:
+        del os.environ["ACCELERATE_USE_FSDP"], os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"]
+
+
+def checksum(peft_model, only: str = "") -> str:
+    """sha256 over every tensor (factors, residuals, W - P0, activation weights), or those whose name has `only`."""
     digest = hashlib.sha256()
     for name, tensor in sorted(peft_model.state_dict().items()):
+        if only not in name:
+            continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -138,6 +138,8 @@ def test_two_process_statistics_equal_single_process(tmp_path):
 
     `initialize_aira_moe` in both processes ends with the same ranks and bit-identical state, and on the second
     call rank 0 alone reads its cache (rank 1 has none, as on nodes without a shared disk) and tells rank 1.
+    Under RAM-efficient FSDP loading (only local rank 0 holds real weights) the statistics, ranks and adapter
+    still come out right, from rank 0.
     """
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     command = [torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(TORCHRUN_SCRIPT), str(tmp_path)]
@@ -145,8 +147,8 @@ def test_two_process_statistics_equal_single_process(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     model = tiny_llama()
     single = collect_statistics(model, linear_modules(model), make_batches(count=5))
-    for rank in (0, 1):
-        distributed = torch.load(tmp_path / f"stats_rank{rank}.pt")
+    for rank, prefix in ((0, ""), (1, ""), (0, "ram_efficient_"), (1, "ram_efficient_")):
+        distributed = torch.load(tmp_path / f"{prefix}stats_rank{rank}.pt")
         for name, stat in single.items():
             assert distributed[name]["tokens"] == stat.tokens
             torch.testing.assert_close(distributed[name]["sum_sq_in"], stat.sum_sq_in, rtol=1e-6, atol=0)
@@ -156,4 +158,7 @@ def test_two_process_statistics_equal_single_process(tmp_path):
     # bit-identical factors, residuals and W - P0 in both processes, computed and then reused from rank 0's cache
     assert len({r[attempt] for r in results for attempt in ("first", "second")}) == 1
     assert [r["cache_on_disk"] for r in results] == [True, False]
+    # RAM-efficient FSDP loading (rank 1 holds zeros): rank 0 calibrates and allocates, both get its adapter
+    assert results[0]["ram_efficient_adapter"] == results[1]["ram_efficient_adapter"]
+    assert results[0]["ram_efficient_ranks"] == results[1]["ram_efficient_ranks"] == results[0]["ranks"]
     assert "Reusing calibration statistics" in result.stderr

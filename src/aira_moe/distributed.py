@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -53,3 +54,23 @@ def broadcast_object(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0, device=collective_device())
     return box[0]
+
+
+def holds_weights() -> bool:
+    """Whether this process holds the model's real weights.
+
+    Under FSDP with RAM-efficient loading (accelerate's `fsdp_cpu_ram_efficient_loading`), transformers
+    loads them on each node's local rank 0 only and zeros elsewhere; FSDP broadcasts rank 0's at wrap.
+    """
+    from transformers.integrations.fsdp import is_fsdp_enabled
+
+    return not is_fsdp_enabled() or int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def weight_holders() -> list[int]:
+    """The ranks that hold real weights (every rank, unless RAM-efficient FSDP loading is on)."""
+    if not is_distributed():
+        return [0]
+    flags: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, holds_weights())
+    return [rank for rank, holds in enumerate(flags) if holds]

@@ -59,7 +59,7 @@ def parameter_factors(model: nn.Module) -> dict[str, float]:
 
 
 def optimizer_parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
-    """Parameter groups for any torch optimizer: the trainable parameters grouped by (rate, weight decay).
+    """Parameter groups for any torch optimizer: the trainable parameters grouped by (rate factor, weight decay).
 
     Parameters outside the banks (`modules_to_save`, a value head) keep `learning_rate`. For plain
     peft + transformers: `torch.optim.AdamW(optimizer_parameter_groups(model, 2e-4, 0.01))`.
@@ -68,9 +68,10 @@ def optimizer_parameter_groups(model: nn.Module, learning_rate: float, weight_de
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            key = (learning_rate * factors.get(name, 1.0), weight_decay if _decays(name, parameter) else 0.0)
+            key = (factors.get(name, 1.0), weight_decay if _decays(name, parameter) else 0.0)
             groups.setdefault(key, []).append(parameter)
-    return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
+    return [{"params": params, "lr": learning_rate * factor, "weight_decay": decay}
+            for (factor, decay), params in groups.items()]
 
 
 def trainer_optimizer(model: nn.Module, args: Any) -> torch.optim.Optimizer:

@@ -4,8 +4,9 @@ For every adapted layer: per-input-channel Σx², per-output-channel Σy² and t
 summed by forward hooks over non-padding tokens only, so per-token activations are never kept.
 Each batch is reduced in fp32 and the running sums are fp64, exact enough that splitting the
 batches across processes does not change the fp32 result: batch k goes to rank k mod world_size
-and the sums are all-reduced, so every process ends with the statistics one process would
-compute over the same batches (invariant 7).
+(among the processes that hold the real weights: under RAM-efficient FSDP loading, each node's
+local rank 0) and the sums are all-reduced, so every process ends with the statistics one process
+would compute over the same batches (invariant 7).
 
 The cache stores the statistics with every field they depend on; rank 0 alone reads it and tells
 the others whether it holds, so processes without a shared disk still agree.
@@ -24,7 +25,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..distributed import all_reduce_sum, broadcast_object, broadcast_tensors, is_main_process, rank_and_world_size
+from ..distributed import (
+    all_reduce_sum, broadcast_object, broadcast_tensors, is_main_process, rank_and_world_size, weight_holders,
+)
 from ..logs import info_main
 
 CACHE_FILE = "aira_moe_calibration.pt"
@@ -118,25 +121,30 @@ def unflatten(flat: torch.Tensor, shapes: Mapping[str, tuple[int, int]]) -> Stat
     return stats
 
 
-def shard(batches: Iterable[Batch], rank: int, world_size: int) -> Iterator[Batch]:
-    """Batch k goes to rank k mod world_size: disjoint shards that together are all the batches."""
+def shard(batches: Iterable[Batch], rank: int, holders: list[int]) -> Iterator[Batch]:
+    """Batch k goes to holders[k mod len(holders)]: disjoint shards that together are all the batches."""
     for index, batch in enumerate(batches):
-        if index % world_size == rank:
+        if holders[index % len(holders)] == rank:
             yield batch
 
 
 def collect_statistics(
     model: nn.Module, modules: Mapping[str, nn.Module], batches: list[Batch], show_progress: bool = True
 ) -> Statistics:
-    """Run the model (eval mode, no grad) over this process's shard of `batches`; sums all-reduced."""
-    rank, world_size = rank_and_world_size()
+    """Run the model (eval mode, no grad) over this process's shard of `batches`; sums all-reduced.
+
+    Only processes that hold the real weights take batches (all of them, but under RAM-efficient
+    FSDP loading); the others contribute zeros to the sums.
+    """
+    rank, _ = rank_and_world_size()
+    holders = weight_holders()
     accumulator = _Accumulator(modules)
     was_training = model.training
     model.eval()
     started = time.time()
     try:
-        total = len(range(rank, len(batches), world_size))
-        accumulator.run(model, shard(batches, rank, world_size), total, show_progress and rank == 0)
+        total = sum(1 for index in range(len(batches)) if holders[index % len(holders)] == rank)
+        accumulator.run(model, shard(batches, rank, holders), total, show_progress and rank == 0)
     finally:
         model.train(was_training)
     stats = accumulator.statistics()

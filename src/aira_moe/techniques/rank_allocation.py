@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..distributed import is_main_process
+from ..distributed import broadcast_object, is_main_process
 from ..errors import AiraMoeError
 from ..logs import info_main
 from ..tuner.config import AiraMoeConfig
@@ -129,16 +129,35 @@ def largest_block_rank(config: AiraMoeConfig, num_blocks: int) -> int:
 def layer_wise_rank_pattern(
     weights: Mapping[str, torch.Tensor], stats: Mapping, config: AiraMoeConfig, output_dir: Path | None
 ) -> dict[str, int]:
-    """Per-module ranks (one per decoder block) from θ and the budget; the allocation is written to `output_dir`."""
+    """Per-module ranks (one per decoder block) from θ and the budget; the allocation is written to `output_dir`.
+
+    Rank 0 allocates and every process takes its ranks: its weights are real, where under RAM-efficient
+    FSDP loading the other processes hold zeros.
+    """
     blocks = sorted({block_of(name) for name in weights})
-    if config.theta_type == "lod":
-        theta_by_block = lod_theta(weights, {name: stats[name].input_norm for name in weights}, config.lod_threshold_M)
-    else:
-        theta_by_block = dict.fromkeys(blocks, 1.0)
-    theta = [theta_by_block[block] for block in blocks]
-    ranks = allocate_ranks(theta, config.rank_budget, config.min_rank, config.max_rank)
+    outcome = broadcast_object(_allocation(weights, stats, config, blocks) if is_main_process() else None)
+    if isinstance(outcome, AiraMoeError):  # raised in every process, none left waiting
+        raise outcome
+    theta, ranks = outcome
     info_main(f"Layer-wise ranks (budget {config.rank_budget}): {ranks}")
     if output_dir is not None and is_main_process():
         write_allocation(Path(output_dir), theta, ranks, config.theta_type)
     rank_of_block = dict(zip(blocks, ranks))
     return {name: rank_of_block[block_of(name)] for name in weights}
+
+
+def _allocation(weights: Mapping[str, torch.Tensor], stats: Mapping, config: AiraMoeConfig, blocks: list[str]):
+    """(θ per block, rank per block) in `blocks`' order, or the refusal of an infeasible budget."""
+    try:
+        return _theta_and_ranks(weights, stats, config, blocks)
+    except AiraMoeError as refusal:
+        return refusal
+
+
+def _theta_and_ranks(weights: Mapping[str, torch.Tensor], stats: Mapping, config: AiraMoeConfig, blocks: list[str]):
+    if config.theta_type == "lod":
+        theta_by_block = lod_theta(weights, {name: stats[name].input_norm for name in weights}, config.lod_threshold_M)
+    else:
+        theta_by_block = dict.fromkeys(blocks, 1.0)
+    theta = [theta_by_block[block] for block in blocks]
+    return theta, allocate_ranks(theta, config.rank_budget, config.min_rank, config.max_rank)
