@@ -98,8 +98,10 @@ def prepared_data(tmp_path_factory) -> Path:
     """`aira-moe prepare-data` on the shared raw data, with the repository's dataset registry beside it."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
+    from aira_moe.cli import main
+
     output = tmp_path_factory.mktemp("prepared")
-    run_cli(["aira-moe", "prepare-data", "--source", str(SHARED_DATA), "--output", str(output)], cwd=REPO)
+    main(["prepare-data", "--source", str(SHARED_DATA), "--output", str(output)])  # in this process: one import less
     (output / "dataset_info.json").write_text((REPO / "data" / "dataset_info.json").read_text())
     return output
 

@@ -236,22 +236,25 @@ def write_alpaca(path: Path, n: int = 6) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["aira_moe", "lora"])
-def test_adapters_load_through_peft_and_an_untrained_one_changes_nothing(tmp_path, tiny_model_dir, kind):
+def test_adapters_load_through_peft_and_an_untrained_one_changes_nothing(tmp_path, tiny_model_dir):
+    """`aira-moe eval` (run in this process: its command line is what is tested) on an untrained aira_moe and LoRA adapter."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from aira_moe import AiraMoeConfig
+    from aira_moe.cli import main
 
-    config = AiraMoeConfig(r=4, num_A=2, num_B=3, target_modules=["q_proj", "v_proj"]) if kind == "aira_moe" else LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
-    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config).save_pretrained(tmp_path / "adapter")
     data = write_alpaca(tmp_path / "d.json")
-    common = ["--model", str(tiny_model_dir), "--task", "nll", "--data", str(data), "--device", "cpu"]
-    run_cli(["aira-moe", "eval", *common, "--output", str(tmp_path / "base.json")], cwd=REPO)
-    run_cli(["aira-moe", "eval", *common, "--adapter", str(tmp_path / "adapter"), "--output", str(tmp_path / "ad.json")], cwd=REPO)
-    base, adapted = (json.loads((tmp_path / f).read_text()) for f in ("base.json", "ad.json"))
-    assert adapted["adapter_type"] == kind.upper()
-    assert adapted["metrics"]["nll"] == pytest.approx(base["metrics"]["nll"], rel=1e-5)
+    common = ["eval", "--model", str(tiny_model_dir), "--task", "nll", "--data", str(data), "--device", "cpu"]
+    main([*common, "--output", str(tmp_path / "base.json")])
+    base = json.loads((tmp_path / "base.json").read_text())
+    for kind, config in (("aira_moe", AiraMoeConfig(r=4, num_A=2, num_B=3, target_modules=["q_proj", "v_proj"])),
+                         ("lora", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))):
+        get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config).save_pretrained(tmp_path / kind)
+        main([*common, "--adapter", str(tmp_path / kind), "--output", str(tmp_path / f"{kind}.json")])
+        adapted = json.loads((tmp_path / f"{kind}.json").read_text())
+        assert adapted["adapter_type"] == kind.upper()
+        assert adapted["metrics"]["nll"] == pytest.approx(base["metrics"]["nll"], rel=1e-5)
 
 
 def test_bad_input_is_refused_before_loading(tmp_path, monkeypatch):
