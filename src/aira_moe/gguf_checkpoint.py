@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,16 @@ def cache_root() -> Path:
 
 def is_converted(target: Path) -> bool:
     return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
+def cached_checkpoint(name: str, find_gguf: Callable[[], Path], convert: Callable[[Path], tuple[Any, Any]]) -> Path:
+    """`cache_root() / name`, converted on first use: `convert(gguf)` gives the (model, tokenizer) to save."""
+    target = cache_root() / name
+    if is_converted(target):
+        return target
+    source = find_gguf()
+    print(f"[aira_moe] converting {source.name} to a transformers checkpoint in {target} (once)...", flush=True)
+    return save_checkpoint(target, *convert(source))
 
 
 def load_gguf_model(source: Path) -> Any:

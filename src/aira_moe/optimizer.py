@@ -21,10 +21,6 @@ from torch import nn
 from .logs import info_main
 from .tuner.layer import AiraMoeLayer
 
-# parameter names that get no weight decay, as transformers' Trainer decides
-NO_DECAY_PATTERNS = ("bias", "layernorm", "rmsnorm", "norm.")
-
-
 def shared_gradient_count(vectors: torch.Tensor) -> float:
     """Mean over the rows of how many rows (itself included) point the same way: Σ of clipped cosines."""
     unit = nn.functional.normalize(vectors.detach().double(), dim=1)
@@ -42,8 +38,11 @@ def bank_lr_factors(layer: AiraMoeLayer, adapter_name: str) -> dict[str, float]:
     return {**{bank: round(factor, 12) for bank, factor in factors.items()}, "aira_omega": 1.0}
 
 
-def _decays(name: str, parameter: nn.Parameter) -> bool:
-    return parameter.ndim > 1 and not any(pattern in name.lower() for pattern in NO_DECAY_PATTERNS)
+def decay_parameter_names(model: nn.Module) -> set[str]:
+    """The parameters transformers' Trainer gives weight decay (not biases, not norms), by its own rule."""
+    from transformers import Trainer
+
+    return set(Trainer.get_decay_parameter_names(None, model))  # the method does not use the trainer
 
 
 def parameter_factors(model: nn.Module) -> dict[str, float]:
@@ -64,11 +63,11 @@ def optimizer_parameter_groups(model: nn.Module, learning_rate: float, weight_de
     Parameters outside the banks (`modules_to_save`, a value head) keep `learning_rate`. For plain
     peft + transformers: `torch.optim.AdamW(optimizer_parameter_groups(model, 2e-4, 0.01))`.
     """
-    factors = parameter_factors(model)
+    factors, decays = parameter_factors(model), decay_parameter_names(model)
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            key = (factors.get(name, 1.0), weight_decay if _decays(name, parameter) else 0.0)
+            key = (factors.get(name, 1.0), weight_decay if name in decays else 0.0)
             groups.setdefault(key, []).append(parameter)
     return [{"params": params, "lr": learning_rate * factor, "weight_decay": decay}
             for (factor, decay), params in groups.items()]
@@ -82,7 +81,7 @@ def trainer_optimizer(model: nn.Module, args: Any) -> torch.optim.Optimizer:
     from transformers import Trainer
 
     optimizer_class, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-    factors = parameter_factors(model)
-    used = sorted({factors[name] for name, parameter in model.named_parameters() if parameter.requires_grad and name in factors})
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    used = sorted({factor for name, factor in parameter_factors(model).items() if name in trainable})
     info_main(f"Per-bank learning rates (bank_lr_scaling): learning_rate x {', '.join(f'{factor:.3g}' for factor in used)}.")
     return optimizer_class(optimizer_parameter_groups(model, args.learning_rate, args.weight_decay), **optimizer_kwargs)

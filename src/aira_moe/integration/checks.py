@@ -7,12 +7,11 @@ weight is loaded and before calibration.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import AiraMoeError
-from ..tuner.peft_type import PEFT_TYPE, saved_peft_type
+from ..tuner.peft_type import PEFT_TYPE, saved_adapter_config, saved_peft_type
 from .arguments import argument_name, option_values
 
 REFUSED_MODEL_OPTIONS = ("use_unsloth", "use_kt")
@@ -162,10 +161,9 @@ def check_resume(checkpoint: Optional[str], bank_lr_scaling: bool) -> None:
 
     Checkpoints saved before `bank_lr_scaling` existed were trained without it.
     """
-    config = Path(checkpoint) / "adapter_config.json" if checkpoint else None
-    if config is None or not config.is_file():
+    if not checkpoint or not (Path(checkpoint) / "adapter_config.json").is_file():
         return
-    saved = json.loads(config.read_text(encoding="utf-8")).get("bank_lr_scaling", False)
+    saved = saved_adapter_config(Path(checkpoint), "`resume_from_checkpoint`").get("bank_lr_scaling", False)
     if saved != bank_lr_scaling:
         setting = str(saved).lower()
         raise AiraMoeError(

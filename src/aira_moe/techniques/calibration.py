@@ -137,14 +137,13 @@ def collect_statistics(
     FSDP loading); the others contribute zeros to the sums.
     """
     rank, _ = rank_and_world_size()
-    holders = weight_holders()
+    mine = list(shard(batches, rank, weight_holders()))
     accumulator = _Accumulator(modules)
     was_training = model.training
     model.eval()
     started = time.time()
     try:
-        total = sum(1 for index in range(len(batches)) if holders[index % len(holders)] == rank)
-        accumulator.run(model, shard(batches, rank, holders), total, show_progress and rank == 0)
+        accumulator.run(model, mine, len(mine), show_progress and rank == 0)
     finally:
         model.train(was_training)
     stats = accumulator.statistics()

@@ -149,15 +149,11 @@ def layer_wise_rank_pattern(
 def _allocation(weights: Mapping[str, torch.Tensor], stats: Mapping, config: AiraMoeConfig, blocks: list[str]):
     """(θ per block, rank per block) in `blocks`' order, or the refusal of an infeasible budget."""
     try:
-        return _theta_and_ranks(weights, stats, config, blocks)
+        if config.theta_type == "lod":
+            theta_by_block = lod_theta(weights, {name: stats[name].input_norm for name in weights}, config.lod_threshold_M)
+        else:
+            theta_by_block = dict.fromkeys(blocks, 1.0)
+        theta = [theta_by_block[block] for block in blocks]
+        return theta, allocate_ranks(theta, config.rank_budget, config.min_rank, config.max_rank)
     except AiraMoeError as refusal:
         return refusal
-
-
-def _theta_and_ranks(weights: Mapping[str, torch.Tensor], stats: Mapping, config: AiraMoeConfig, blocks: list[str]):
-    if config.theta_type == "lod":
-        theta_by_block = lod_theta(weights, {name: stats[name].input_norm for name in weights}, config.lod_threshold_M)
-    else:
-        theta_by_block = dict.fromkeys(blocks, 1.0)
-    theta = [theta_by_block[block] for block in blocks]
-    return theta, allocate_ranks(theta, config.rank_budget, config.min_rank, config.max_rank)

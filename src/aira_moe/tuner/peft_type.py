@@ -50,9 +50,17 @@ def add_peft_type() -> None:
 
 def saved_peft_type(folder: Path, option: str) -> str | None:
     """The peft type in `folder/adapter_config.json`; a missing or unreadable file is refused, naming `option` and it."""
+    return saved_adapter_config(folder, option).get("peft_type")
+
+
+def saved_adapter_config(folder: Path, option: str) -> dict:
+    """`folder/adapter_config.json` as a dict; a missing or unreadable file is refused, naming `option` and it."""
     config = folder / "adapter_config.json"
     try:
-        return json.loads(config.read_text(encoding="utf-8")).get("peft_type")
+        values = json.loads(config.read_text(encoding="utf-8"))
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+        return values
     except FileNotFoundError:
         raise AiraMoeError(f"{option}: {folder} has no adapter_config.json; is it an adapter folder?") from None
     except (OSError, ValueError, AttributeError) as error:
