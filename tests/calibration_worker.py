@@ -45,6 +45,7 @@ def main(out: Path) -> None:
     results["ranks"] = sorted(peft_model.peft_config["default"].rank_pattern.items())
     results["cache_on_disk"] = (own_disk / CACHE_FILE).is_file()
     results.update(ram_efficient_fsdp(out, rank, device))
+    results.update(zero3(out, rank, device))
     (out / f"result_rank{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 
@@ -71,6 +72,27 @@ def ram_efficient_fsdp(out: Path, rank: int, device: str) -> dict:
                 "ram_efficient_ranks": sorted(peft_model.peft_config["default"].rank_pattern.items())}
     finally:
         del os.environ["ACCELERATE_USE_FSDP"], os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"]
+
+
+def zero3(out: Path, rank: int, device: str) -> dict:
+    """As LLaMA-Factory loads under a ZeRO-3 config: `from_pretrained` partitions the weights (zero.Init), so
+    calibration, LOD and AwSVD must gather what they read; 5 batches on 2 processes also make the shards unequal."""
+    import deepspeed
+    from transformers import LlamaForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    path = out / f"zero3_model{rank}"
+    tiny_llama().save_pretrained(path)
+    zero3_on = HfDeepSpeedConfig({"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}})
+    model = LlamaForCausalLM.from_pretrained(path).to(device)
+    partitioned = tuple(model.model.layers[0].mlp.up_proj.weight.shape) == (0,)
+    peft_model = initialize_aira_moe(model, AiraMoeConfig(**CONFIG), make_batches(count=5),
+                                     output_dir=out / f"zero3_disk{rank}", show_progress=False)
+    with deepspeed.zero.GatheredParameters(list(peft_model.parameters())):
+        digest = checksum(peft_model)
+    del zero3_on
+    return {"zero3_partitioned": partitioned, "zero3_state": digest,
+            "zero3_ranks": sorted(peft_model.peft_config["default"].rank_pattern.items())}
 
 
 def checksum(peft_model, only: str = "") -> str:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import BIN, run_python, tiny_llama_config
+from conftest import BIN, REPO, run_python, tiny_llama_config
 from test_arguments import BAD_INPUT, train_args
 
 # (overrides, a piece of the expected line); the config-only model gives the layer shapes
@@ -32,6 +32,9 @@ MORE_BAD_INPUT = [
     ({"enable_liger_kernel": True, "lora_target": "q_proj,lm_head"}, r"`enable_liger_kernel: true` cannot be combined with an adapter on lm_head"),
     ({"use_galore": True}, r"`use_galore: True` is a LoRA-only option"),
     ({"use_adam_mini": True}, r"`use_adam_mini: true` builds its own optimizer.*set `bank_lr_scaling: false`"),
+    ({"deepspeed": "ZERO3", "quantization_bit": 4}, r"\(ZeRO-3\) cannot be combined with `quantization_bit`"),
+    ({"deepspeed": "ZERO3_NO_GATHER"}, r"needs `zero_optimization.stage3_gather_16bit_weights_on_model_save: true`"),
+    ({"deepspeed": "MISSING_JSON"}, r"`deepspeed: .*missing.json` cannot be read as a DeepSpeed JSON config"),
 ]
 
 WORKER = """
@@ -65,12 +68,19 @@ def bad_configs(tmp_path) -> list[tuple[str, str]]:
     (tmp_path / "broken" / "adapter_config.json").write_text("{not json")
     (tmp_path / "empty").mkdir()
     folders = {"LORA": "lora", "BROKEN": "broken", "EMPTY": "empty"}
+    zero3 = json.loads((REPO / "examples" / "deepspeed" / "ds_z3_config.json").read_text())
+    (tmp_path / "z3.json").write_text(json.dumps(zero3))
+    zero3["zero_optimization"].pop("stage3_gather_16bit_weights_on_model_save")
+    (tmp_path / "z3_no_gather.json").write_text(json.dumps(zero3))
+    deepspeed_files = {"ZERO3": "z3.json", "ZERO3_NO_GATHER": "z3_no_gather.json", "MISSING_JSON": "missing.json"}
     cases = [(overrides, message) for overrides, _, message in BAD_INPUT] + MORE_BAD_INPUT
     configs = []
     for number, (overrides, message) in enumerate(cases):
         values = dict(overrides)
         if values.get("adapter_name_or_path") in folders:
             values["adapter_name_or_path"] = str(tmp_path / folders[values["adapter_name_or_path"]])
+        if "deepspeed" in values:
+            values["deepspeed"] = str(tmp_path / deepspeed_files[values["deepspeed"]])
         path = tmp_path / f"bad{number}.yaml"
         path.write_text(yaml.safe_dump(train_args(tmp_path, model_name_or_path=str(model), **values)))
         configs.append((str(path), message))

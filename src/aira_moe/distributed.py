@@ -1,12 +1,15 @@
-"""The few collectives the techniques need, each a no-op in a single process."""
+"""The few collectives the techniques need, each a no-op in a single process, and ZeRO-3's gathering."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def is_distributed() -> bool:
@@ -74,3 +77,42 @@ def weight_holders() -> list[int]:
     flags: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(flags, holds_weights())
     return [rank for rank, holds in enumerate(flags) if holds]
+
+
+def weights_partitioned() -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions the weights (even in one process): every read of one is then a
+    collective, so every process must read the same weights in the same order."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
+@contextmanager
+def gathered_forward(model: nn.Module) -> Iterator[None]:
+    """Forwards of a ZeRO-3-partitioned model outside DeepSpeed's engine (calibration runs before the Trainer
+    wraps the model): each module gathers its own parameters as it starts and gives them back as it ends,
+    so one layer's weights are whole at a time, never the model's. A no-op without ZeRO-3."""
+    if not weights_partitioned():
+        yield
+        return
+    import deepspeed
+
+    open_gathers: dict[nn.Module, list] = {}
+
+    def gather(module: nn.Module, args: tuple) -> None:
+        context = deepspeed.zero.GatheredParameters(list(module.parameters(recurse=False)), modifier_rank=None)
+        context.__enter__()
+        open_gathers.setdefault(module, []).append(context)
+
+    def release(module: nn.Module, args: tuple, output: Any) -> None:
+        open_gathers[module].pop().__exit__(None, None, None)
+
+    handles = []
+    for module in model.modules():
+        if any(hasattr(parameter, "ds_id") for parameter in module.parameters(recurse=False)):
+            handles += [module.register_forward_pre_hook(gather), module.register_forward_hook(release)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

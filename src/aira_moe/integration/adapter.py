@@ -82,11 +82,6 @@ def _create_adapter(model: "PreTrainedModel", finetuning_args: "FinetuningArgume
             "aira_moe's activation-informed techniques need the training data, which only "
             "`llamafactory-cli train` (stages pt, sft, rm, dpo, kto) provides."
         )
-    if is_deepspeed_zero3_enabled():
-        raise AiraMoeError(
-            "DeepSpeed ZeRO-3 partitions the weights that calibration reads; use ZeRO-2 (or no DeepSpeed) "
-            "with use_layer_wise_rank / use_activation_aware / use_awsvd_init."
-        )
     training_args = run.training_args
     move_to_training_device(model, training_args.device)
     loader, sample = run.calibration_loader(config.awsvd_collect_steps, training_args.seed)

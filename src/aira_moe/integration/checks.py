@@ -7,6 +7,7 @@ weight is loaded and before calibration.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -65,6 +66,38 @@ def check_liger(model_args: Any, finetuning_args: Any) -> None:
         raise AiraMoeError(
             "`enable_liger_kernel: true` cannot be combined with an adapter on lm_head (`lora_target`): Liger's fused "
             "cross-entropy reads lm_head.weight directly and would bypass it; drop lm_head from lora_target or Liger."
+        )
+
+
+def deepspeed_config(value: Any) -> dict:
+    """The DeepSpeed config a run names (the `deepspeed` training argument: a JSON file or a dict); {} for none."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return value
+    try:
+        return json.loads(Path(value).read_text())
+    except (OSError, ValueError) as error:
+        raise AiraMoeError(f"`deepspeed: {value}` cannot be read as a DeepSpeed JSON config ({error}).") from None
+
+
+def check_deepspeed(value: Any, model_args: Any) -> None:
+    """What ZeRO-3 still cannot do with aira_moe (the techniques gather what they read, docs/method.md §2)."""
+    zero = deepspeed_config(value).get("zero_optimization", {})
+    if zero.get("stage") != 3:
+        return
+    where = f"`deepspeed: {value}` (ZeRO-3)" if isinstance(value, str) else "`deepspeed` (ZeRO-3)"
+    if model_args.quantization_bit is not None:
+        raise AiraMoeError(
+            f"{where} cannot be combined with `quantization_bit` for finetuning_type aira_moe: ZeRO-3 would partition "
+            "bitsandbytes' packed weights, which calibration, AwSVD and the quantised residual read; with a quantised "
+            "base use ZeRO-2 (examples/deepspeed/ds_z2_config.json) or no DeepSpeed."
+        )
+    if zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+        raise AiraMoeError(
+            f"{where} needs `zero_optimization.stage3_gather_16bit_weights_on_model_save: true` (it is "
+            f"{zero.get('stage3_gather_16bit_weights_on_model_save')!r}): without it the Trainer saves the adapter "
+            "without its weights; examples/deepspeed/ds_z3_config.json sets it."
         )
 
 

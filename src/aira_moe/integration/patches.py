@@ -117,9 +117,10 @@ def _run_in_scope(original: Callable) -> Callable:
     def run(model_args, data_args, training_args, finetuning_args, *args, **kwargs):
         if finetuning_args.finetuning_type != FINETUNING_TYPE:
             return original(model_args, data_args, training_args, finetuning_args, *args, **kwargs)
-        from .checks import check_resume
+        from .checks import check_deepspeed, check_resume
         from .run_data import training_run
 
+        check_deepspeed(training_args.deepspeed, model_args)
         check_resume(training_args.resume_from_checkpoint, finetuning_args.bank_lr_scaling)
         with training_run():
             return original(model_args, data_args, training_args, finetuning_args, *args, **kwargs)
@@ -283,7 +284,7 @@ def _precheck_arguments() -> None:
     from transformers import HfArgumentParser
 
     from .arguments import AiraMoeFinetuningArguments
-    from .checks import check_before_loading
+    from .checks import check_before_loading, check_deepspeed
 
     if len(sys.argv) < 2 or sys.argv[1] not in ("train", "export", "chat", "webchat", "api", "eval"):
         return
@@ -299,9 +300,12 @@ def _precheck_arguments() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, AiraMoeFinetuningArguments))
     if isinstance(args, dict):
         model_args, data_args, finetuning_args = parser.parse_dict(args, allow_extra_keys=True)
+        deepspeed = args.get("deepspeed")
     else:
         model_args, data_args, finetuning_args, _ = parser.parse_args_into_dataclasses(args, return_remaining_strings=True)
+        deepspeed = args[args.index("--deepspeed") + 1] if "--deepspeed" in args[:-1] else None
     check_before_loading(model_args, data_args, finetuning_args)
+    check_deepspeed(deepspeed, model_args)
 
 
 def _launch_checked(original: Callable) -> Callable:

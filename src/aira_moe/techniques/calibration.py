@@ -26,7 +26,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..distributed import (
-    all_reduce_sum, broadcast_object, broadcast_tensors, is_main_process, rank_and_world_size, weight_holders,
+    all_reduce_sum, broadcast_object, broadcast_tensors, gathered_forward, is_main_process, rank_and_world_size,
+    weight_holders, weights_partitioned,
 )
 from ..logs import info_main
 
@@ -82,18 +83,26 @@ class _Accumulator:
         return accumulate
 
     @torch.no_grad()
-    def run(self, model: nn.Module, batches: Iterable[Batch], total: int, show: bool) -> None:
-        handles = [module.register_forward_hook(self.hook(name)) for name, module in self.modules.items()]
+    def run(self, model: nn.Module, batches: list[Batch], show: bool, filler: Optional[Batch] = None,
+            extra_forwards: int = 0) -> None:
+        """Sum over `batches`, then run `filler` `extra_forwards` times uncounted: under ZeRO-3 a forward is
+        a collective, so every process must run as many as the others."""
         device = next(model.parameters()).device
-        try:
-            for batch in tqdm(batches, total=total, desc="aira_moe calibration", unit="batch", disable=not show):
-                attention_mask = batch["attention_mask"].to(device)
-                self.mask = attention_mask.bool()
-                self.tokens += int(self.mask.sum())
-                model(input_ids=batch["input_ids"].to(device), attention_mask=attention_mask, use_cache=False)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with gathered_forward(model):
+            handles = [module.register_forward_hook(self.hook(name)) for name, module in self.modules.items()]
+            try:
+                for batch in tqdm(batches, total=len(batches), desc="aira_moe calibration", unit="batch",
+                                  disable=not show):
+                    attention_mask = batch["attention_mask"].to(device)
+                    self.mask = attention_mask.bool()
+                    self.tokens += int(self.mask.sum())
+                    model(input_ids=batch["input_ids"].to(device), attention_mask=attention_mask, use_cache=False)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            for _ in range(extra_forwards):
+                model(input_ids=filler["input_ids"].to(device), attention_mask=filler["attention_mask"].to(device),
+                      use_cache=False)
 
     def statistics(self) -> Statistics:
         """The sums of this process, all-reduced across processes when distributed."""
@@ -134,16 +143,19 @@ def collect_statistics(
     """Run the model (eval mode, no grad) over this process's shard of `batches`; sums all-reduced.
 
     Only processes that hold the real weights take batches (all of them, but under RAM-efficient
-    FSDP loading); the others contribute zeros to the sums.
+    FSDP loading); the others contribute zeros to the sums. Under ZeRO-3 each module gathers its
+    partitioned weights as it runs, and a process with one batch fewer runs one uncounted forward.
     """
     rank, _ = rank_and_world_size()
-    mine = list(shard(batches, rank, weight_holders()))
+    holders = weight_holders()
+    mine = list(shard(batches, rank, holders))
+    extra_forwards = -(-len(batches) // len(holders)) - len(mine) if weights_partitioned() else 0
     accumulator = _Accumulator(modules)
     was_training = model.training
     model.eval()
     started = time.time()
     try:
-        accumulator.run(model, mine, len(mine), show_progress and rank == 0)
+        accumulator.run(model, mine, show_progress and rank == 0, batches[0], extra_forwards)
     finally:
         model.train(was_training)
     stats = accumulator.statistics()

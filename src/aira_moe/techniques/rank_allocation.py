@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..distributed import broadcast_object, is_main_process
+from ..distributed import broadcast_object, is_main_process, weights_partitioned
 from ..errors import AiraMoeError
 from ..logs import info_main
 from ..tuner.config import AiraMoeConfig
@@ -132,10 +132,12 @@ def layer_wise_rank_pattern(
     """Per-module ranks (one per decoder block) from θ and the budget; the allocation is written to `output_dir`.
 
     Rank 0 allocates and every process takes its ranks: its weights are real, where under RAM-efficient
-    FSDP loading the other processes hold zeros.
+    FSDP loading the other processes hold zeros. Under ZeRO-3 reading a weight is a collective, so
+    every process computes the allocation (from the same gathered weights) and still takes rank 0's.
     """
     blocks = sorted({block_of(name) for name in weights})
-    outcome = broadcast_object(_allocation(weights, stats, config, blocks) if is_main_process() else None)
+    computes = is_main_process() or weights_partitioned()
+    outcome = broadcast_object(_allocation(weights, stats, config, blocks) if computes else None)
     if isinstance(outcome, AiraMoeError):  # raised in every process, none left waiting
         raise outcome
     theta, ranks = outcome

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.utils.integrations import gather_params_ctx
 
 from ..errors import AiraMoeError
 from .config import Collaboration
@@ -203,6 +204,9 @@ class AiraMoeLayer(BaseTunerLayer):
         which drops bitsandbytes' 8-bit state and breaks the next forward.
         """
         base = self.get_base_layer()
+        if hasattr(base.weight, "ds_id"):  # partitioned by DeepSpeed ZeRO-3: a gathered copy of this layer only
+            with gather_params_ctx(base.weight, modifier_rank=None):
+                return base.weight.detach().clone()
         if not self.quantized:
             return base.weight
         import bitsandbytes.functional as bnb_functional
@@ -225,10 +229,11 @@ class AiraMoeLayer(BaseTunerLayer):
                 "unquantised base model to merge or export (LLaMA-Factory: drop quantization_bit)"
             )
         weight = self.get_base_layer().weight
-        updated = weight.data.float() + delta
-        if safe_merge_of is not None and not torch.isfinite(updated).all():
-            raise ValueError(f"NaNs detected in the merged weights; adapter {safe_merge_of!r} seems broken.")
-        weight.data = updated.to(weight.dtype)
+        with gather_params_ctx(weight, modifier_rank=0):  # ZeRO-3: rank 0's result is partitioned back out
+            updated = weight.data.float() + delta
+            if safe_merge_of is not None and not torch.isfinite(updated).all():
+                raise ValueError(f"NaNs detected in the merged weights; adapter {safe_merge_of!r} seems broken.")
+            weight.data.copy_(updated.to(weight.dtype))
 
     @torch.no_grad()
     def set_residual(self, adapter_name: str, left: torch.Tensor, right: torch.Tensor) -> None:
