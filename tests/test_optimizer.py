@@ -94,7 +94,7 @@ def test_resuming_needs_the_checkpoints_bank_rates(tmp_path):
     checkpoint.mkdir()
     (checkpoint / "adapter_config.json").write_text('{"peft_type": "AIRA_MOE", "r": 2}')
     check_resume(str(checkpoint), bank_lr_scaling=False)
-    training = SimpleNamespace(resume_from_checkpoint=str(checkpoint))
+    training = SimpleNamespace(resume_from_checkpoint=str(checkpoint), deepspeed=None)
     finetuning = SimpleNamespace(finetuning_type="aira_moe", bank_lr_scaling=True)
     with pytest.raises(AiraMoeError, match="trained with bank_lr_scaling: false; set `bank_lr_scaling: false`"):
         run_sft(None, None, training, finetuning)

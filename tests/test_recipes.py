@@ -113,8 +113,18 @@ def test_environment_overrides_and_visible_devices(tmp_path):
     assert dry_run("law", LIGER="1")[1]["enable_liger_kernel"] is True and "enable_liger_kernel" not in dry_run("law", LIGER="0")[1]
 
 
+def test_low_memory_switch_keeps_the_effective_batch():
+    recipe = yaml.safe_load((REPO / "examples" / "aira_moe" / "generality_full.yaml").read_text())
+    header, config = dry_run("generality_full", LOW_MEMORY="1")
+    assert config["quantization_bit"] == 4 and config["per_device_train_batch_size"] == 1
+    assert config["gradient_accumulation_steps"] == recipe["per_device_train_batch_size"] * recipe["gradient_accumulation_steps"]
+    assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in header
+    assert "quantization_bit" not in dry_run("generality_full")[1]
+
+
 @pytest.mark.parametrize(("name", "value", "allowed"), [("GPUS", "two", "positive integer"), ("LAUNCHER", "mpirun", "torchrun, deepspeed"),
-                                                       ("LIGER", "yes", "auto, 1, 0")])
+                                                       ("LIGER", "yes", "auto, 1, 0"),
+                                                       ("LOW_MEMORY", "on", "0, 1")])
 def test_bad_launch_variables_are_refused(name, value, allowed):
     result = subprocess.run([str(SCRIPTS / "math.sh")], env=script_env(DRY_RUN="1", **{name: value}), capture_output=True, text=True)
     assert result.returncode == 2 and f"{name}={value}" in result.stderr and allowed in result.stderr
@@ -245,9 +255,10 @@ def check_trained(output: Path, log: str, evaluated: bool = True) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["generality_basic", "multi-tasking"])
+@pytest.mark.parametrize("recipe", ["multi-tasking"])
 def test_recipe_trains_and_evaluates_for_real(recipe, tmp_path, tiny_model_dir, prepared_data):
-    """No technique, one process; and the mixture of every domain in full mode, evaluated on all tasks."""
+    """The mixture of every domain in full mode, one process, evaluated on all tasks (basic mode through the CLI:
+    test_cli.py; a recipe on two processes: the law test below)."""
     output = tmp_path / "out"
     env = tiny_run_env(recipe, tiny_model_dir, prepared_data, output)
     result = subprocess.run([str(uncommented(recipe, tmp_path))], env=script_env(**env), capture_output=True, text=True, timeout=900)

@@ -13,6 +13,8 @@
 #   EXTRA_ARGS    more key=value overrides, e.g. "max_steps=100 per_device_train_batch_size=2"
 #   EVAL_ARGS     more `aira-moe eval` options for the evaluation block, e.g. "--limit 200"
 #   LIGER         auto (default: Liger kernels when liger-kernel is installed, the `gpu` extra), 1 or 0
+#   LOW_MEMORY=1  8 GB GPUs: a 4-bit base (bitsandbytes), batch 1 with the recipe's effective batch kept by
+#                 gradient accumulation, and PyTorch's expandable allocator segments (less fragmentation)
 #   DRY_RUN=1     print the command and the resolved config, run nothing
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   several machines: passed to LLaMA-Factory's launcher
 
@@ -44,6 +46,11 @@ aira_resolve() {
         echo "error: LIGER=${LIGER}; allowed: auto, 1, 0" >&2
         exit 2
     fi
+    LOW_MEMORY="${LOW_MEMORY:-0}"
+    if [[ "${LOW_MEMORY}" != "0" && "${LOW_MEMORY}" != "1" ]]; then
+        echo "error: LOW_MEMORY=${LOW_MEMORY}; allowed: 0, 1" >&2
+        exit 2
+    fi
     if [[ "${LAUNCHER}" != "torchrun" && "${LAUNCHER}" != "deepspeed" ]]; then
         echo "error: LAUNCHER=${LAUNCHER}; allowed: torchrun, deepspeed" >&2
         exit 2
@@ -71,6 +78,13 @@ aira_overrides() {
     if [[ "${LIGER}" == "1" ]] || { [[ "${LIGER}" == "auto" ]] && python -c 'import liger_kernel' >/dev/null 2>&1; }; then
         args+=("enable_liger_kernel=true")
     fi
+    if [[ "${LOW_MEMORY}" == "1" ]]; then
+        local batch accumulation
+        batch="$(aira_config_value per_device_train_batch_size)"
+        accumulation="$(aira_config_value gradient_accumulation_steps)"
+        args+=("quantization_bit=4" "per_device_train_batch_size=1"
+               "gradient_accumulation_steps=$(( ${batch:-1} * ${accumulation:-1} ))")
+    fi
     read -r -a extra <<<"${EXTRA_ARGS:-}"
     printf '%s\n' "${args[@]}" "${extra[@]}"
 }
@@ -96,6 +110,10 @@ aira_train() {
     mapfile -t overrides < <(aira_overrides)
     local launch="NPROC_PER_NODE=${GPUS}"
     export NPROC_PER_NODE="${GPUS}"
+    if [[ "${LOW_MEMORY}" == "1" ]]; then
+        export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
+        launch="PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF} ${launch}"
+    fi
     if (( GPUS > 1 || ${NNODES:-1} > 1 )); then
         export FORCE_TORCHRUN=1
         launch="FORCE_TORCHRUN=1 ${launch}"

@@ -144,4 +144,8 @@ def initialize_aira_moe(
         apply_activation_weights(layers, stats, config.activation_aware_mode, config.activation_normalize, adapter_name)
     if config.use_awsvd_init:
         apply_awsvd_init(layers, stats, adapter_name, show_progress)
+    if torch.cuda.is_available():
+        # calibration and the SVDs leave many odd-sized free blocks in PyTorch's cache; on a small (or capped) GPU
+        # the first training step's allocations could otherwise be refused although enough memory is free
+        torch.cuda.empty_cache()
     return peft_model
