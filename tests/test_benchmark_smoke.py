@@ -257,7 +257,8 @@ def test_cli_benchmark_configs_are_accepted_by_llamafactory(tmp_path, monkeypatc
         LlamaConfig(**shape).save_pretrained(tmp_path / model)
         for quantization in (None, 4):
             args = argparse.Namespace(model=model, dataset="d", data_dir=tmp_path, seq=1024, batch=8, steps=30,
-                                      checkpointing=quantization is not None, max_samples=100, quantization=quantization)
+                                      checkpointing=quantization is not None, max_samples=100, quantization=quantization,
+                                      deepspeed=None, fsdp=None, saved_weights=False)
             for run in RUNS:
                 config = run_config(args, tmp_path / model, run, liger=False, output=tmp_path / "out")
                 configs[f"{model}/{run}/{quantization}"] = dict(config, bf16=False)  # the parser checks bf16 support of this device
