@@ -30,12 +30,7 @@ def main(out: Path) -> None:
     if cuda:
         torch.cuda.set_device(rank)
     device = f"cuda:{rank}" if cuda else "cpu"
-    model = tiny_llama().to(device)
-    stats = collect_statistics(model, linear_modules(model), make_batches(count=5))
-    torch.save(
-        {n: {"sum_sq_in": s.sum_sq_in, "sum_sq_out": s.sum_sq_out, "tokens": s.tokens} for n, s in stats.items()},
-        out / f"stats_rank{rank}.pt",
-    )
+    save_statistics(tiny_llama().to(device), out / f"stats_rank{rank}.pt")
     own_disk = out / f"disk_rank{rank}"  # no shared output_dir: only rank 0's disk ever holds the cache
     results = {}
     for attempt in ("first", "second"):
@@ -50,6 +45,13 @@ def main(out: Path) -> None:
     dist.destroy_process_group()
 
 
+def save_statistics(model, path: Path) -> None:
+    """This process's statistics over the 5 test batches, for the test to compare with one process's."""
+    stats = collect_statistics(model, linear_modules(model), make_batches(count=5))
+    torch.save({n: {"sum_sq_in": s.sum_sq_in, "sum_sq_out": s.sum_sq_out, "tokens": s.tokens} for n, s in stats.items()},
+               path)
+
+
 def ram_efficient_fsdp(out: Path, rank: int, device: str) -> dict:
     """As under accelerate's FSDP with RAM-efficient loading: local rank 0 holds the weights, the others zeros."""
     os.environ.update(ACCELERATE_USE_FSDP="true", FSDP_CPU_RAM_EFFICIENT_LOADING="true")
@@ -62,10 +64,7 @@ def ram_efficient_fsdp(out: Path, rank: int, device: str) -> dict:
                         parameter.zero_()
             return model
 
-        model = loaded()
-        stats = collect_statistics(model, linear_modules(model), make_batches(count=5))
-        torch.save({n: {"sum_sq_in": s.sum_sq_in, "sum_sq_out": s.sum_sq_out, "tokens": s.tokens} for n, s in stats.items()},
-                   out / f"ram_efficient_stats_rank{rank}.pt")
+        save_statistics(loaded(), out / f"ram_efficient_stats_rank{rank}.pt")
         peft_model = initialize_aira_moe(loaded(), AiraMoeConfig(**CONFIG), make_batches(count=5),
                                          output_dir=out / f"ram_efficient_disk{rank}", show_progress=False)
         return {"ram_efficient_adapter": checksum(peft_model, only="aira_"),

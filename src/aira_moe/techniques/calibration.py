@@ -83,8 +83,7 @@ class _Accumulator:
         return accumulate
 
     @torch.no_grad()
-    def run(self, model: nn.Module, batches: list[Batch], show: bool, filler: Optional[Batch] = None,
-            extra_forwards: int = 0) -> None:
+    def run(self, model: nn.Module, batches: list[Batch], show: bool, filler: Batch, extra_forwards: int) -> None:
         """Sum over `batches`, then run `filler` `extra_forwards` times uncounted: under ZeRO-3 a forward is
         a collective, so every process must run as many as the others."""
         device = next(model.parameters()).device
