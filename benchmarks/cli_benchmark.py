@@ -64,21 +64,18 @@ def model_dir(assets: Path, name: str, saved: bool) -> Path:
 
 
 def saved_weights(args: argparse.Namespace) -> bool:
-    """Quantised bases quantise saved weights at load; ZeRO-3 and FSDP runs start from the same saved weights as the
-    plain run they are compared with (random init under zero.Init or FSDP would draw other numbers)."""
-    return bool(args.quantization or args.deepspeed or args.fsdp or args.saved_weights)
+    """Quantised bases quantise saved weights at load; ZeRO-3 runs start from the same saved weights as the plain run
+    they are compared with (random init under zero.Init would draw other numbers)."""
+    return bool(args.quantization or args.deepspeed or args.saved_weights)
 
 
 def child_command(args: argparse.Namespace, config_path: Path, record_path: Path) -> tuple[list[str], dict]:
-    """The training process: plain; under ZeRO-3 with a one-process torch.distributed environment (as torchrun
-    would give it); under FSDP through `accelerate launch` with the given config (LLaMA-Factory's FSDP route)."""
+    """The training process: plain, or under ZeRO-3 with a one-process torch.distributed environment (as torchrun
+    would give it)."""
     own = ["--model", args.model, "--warmup", str(args.warmup), "--output", "-", "--child", str(config_path), str(record_path)]
     if args.cap_gib:
         own += ["--cap-gib", str(args.cap_gib)]
     env = dict(os.environ)
-    if args.fsdp:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(args.fsdp), "--num_processes", "1",
-                __file__, *own], env
     if args.deepspeed:
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
     return [sys.executable, __file__, *own], env
@@ -166,9 +163,8 @@ def main() -> None:
     parser.add_argument("--max-samples", type=int, default=20000)
     parser.add_argument("--variant", default="", help="suffix for the record's variant field")
     parser.add_argument("--deepspeed", type=Path, help="DeepSpeed config (ZeRO-3: examples/deepspeed/ds_z3_config.json)")
-    parser.add_argument("--fsdp", type=Path, help="accelerate FSDP config (examples/accelerate/fsdp_config.yaml)")
     parser.add_argument("--saved-weights", action="store_true", help="start from saved random weights (to compare with"
-                        " --deepspeed / --fsdp runs) instead of train_from_scratch")
+                        " --deepspeed runs) instead of train_from_scratch")
     parser.add_argument("--assets", type=Path, default=Path(".gpu_assets"))
     parser.add_argument("--data-dir", type=Path, default=Path(".gpu_assets/data"))
     parser.add_argument("--dataset", default="medmcqa_train")
@@ -195,7 +191,7 @@ def main() -> None:
                 "model": args.model, "run": run, "variant": f"{run.removeprefix('aira_')}{args.variant}", "liger": liger,
                 "gradient_checkpointing": args.checkpointing, "quantization": f"bnb-{args.quantization}bit" if args.quantization else "bf16",
                 "batch": args.batch, "seq": args.seq, "cap_gib": args.cap_gib, "wall_s": round(time.time() - started, 1),
-                "sharding": "zero3" if args.deepspeed else "fsdp" if args.fsdp else "none",
+                "sharding": "zero3" if args.deepspeed else "none",
                 "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
                 "command": " ".join(["python", "benchmarks/cli_benchmark.py", *sys.argv[1:]]),
             }

@@ -3,7 +3,13 @@
 # LLaMA-Factory (.whl/) into /tmp/site, puts this checkout's package on the path and installs the
 # activation hook (aira_moe.pth), so that worker processes started by torchrun get it too.
 : "${OUT:?set OUT to the results folder}"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+# a later call on the same warm machine may leave .whl/ behind: /tmp/site is still installed then
+if [[ -d .whl ]]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+elif [[ ! -d /tmp/site/llamafactory ]]; then
+    echo "gpu_setup.sh: carry .whl/ (no wheel set here and none installed in /tmp/site)" >&2
+    exit 1
+fi
 export PYTHONPATH="/tmp/site:$PWD/src" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1
 export DISABLE_VERSION_CHECK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 cp src/aira_moe.pth "$(python3 -c 'import site; print(site.getsitepackages()[0])')/"

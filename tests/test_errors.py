@@ -122,3 +122,17 @@ def test_export_lora_refuses_what_is_not_an_aira_moe_adapter_in_one_line(tmp_pat
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert str(adapter) in result.stderr and ("'LORA'" in result.stderr if case == "lora" else "cannot read" in result.stderr)
+
+
+def test_fsdp_in_one_process_is_refused_before_loading(tmp_path):
+    """accelerate's FSDP launch with one process would train and then fail to save (torch's NO_SHARD)."""
+    model = tmp_path / "config-only"
+    tiny_llama_config(num_hidden_layers=2).save_pretrained(model)
+    path = tmp_path / "fsdp.yaml"
+    path.write_text(yaml.safe_dump(train_args(tmp_path, model_name_or_path=str(model))))
+    env = {"ACCELERATE_USE_FSDP": "true", "WORLD_SIZE": "1", "PATH": f"{BIN}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([str(BIN / "llamafactory-cli"), "train", str(path)], env=env, capture_output=True,
+                            text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "FSDP" in lines[0] and "--num_processes 2" in lines[0]

@@ -8,6 +8,7 @@ weight is loaded and before calibration.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -99,6 +100,19 @@ def check_deepspeed(value: Any, model_args: Any) -> None:
             f"{zero.get('stage3_gather_16bit_weights_on_model_save')!r}): without it the Trainer saves the adapter "
             "without its weights; examples/deepspeed/ds_z3_config.json sets it."
         )
+
+
+def check_fsdp() -> None:
+    """FSDP in one process: torch's FSDP then runs unsharded (NO_SHARD) and, with the frozen base, leaves the root
+    module's weights out of the full state dict the Trainer saves at the end (stock LoRA fails the same way), or
+    fails at the second step on tied embeddings; refused before hours of training are lost."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    raise AiraMoeError(
+        "FSDP (`accelerate launch` with distributed_type FSDP) with 1 process cannot save an aira_moe run: torch's "
+        "FSDP runs unsharded in one process and drops the frozen root weights from the saved state. Launch it with "
+        "--num_processes 2 or more, or train on one GPU without FSDP."
+    )
 
 
 def check_before_loading(model_args: Any, data_args: Any, finetuning_args: Any) -> None:

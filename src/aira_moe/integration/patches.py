@@ -117,10 +117,11 @@ def _run_in_scope(original: Callable) -> Callable:
     def run(model_args, data_args, training_args, finetuning_args, *args, **kwargs):
         if finetuning_args.finetuning_type != FINETUNING_TYPE:
             return original(model_args, data_args, training_args, finetuning_args, *args, **kwargs)
-        from .checks import check_deepspeed, check_resume
+        from .checks import check_deepspeed, check_fsdp, check_resume
         from .run_data import training_run
 
         check_deepspeed(training_args.deepspeed, model_args)
+        check_fsdp()
         check_resume(training_args.resume_from_checkpoint, finetuning_args.bank_lr_scaling)
         with training_run():
             return original(model_args, data_args, training_args, finetuning_args, *args, **kwargs)
