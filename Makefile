@@ -2,7 +2,8 @@
 # the one named by VENV=...), later runs reuse it and only reinstall when packaging files change.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install --quiet
+# uv installs the same packages as pip, downloading and unpacking in parallel (minutes less on a fresh machine)
+PIP := $(VENV)/bin/uv pip install --quiet --python $(PY) --compile-bytecode
 STAMP := $(VENV)/.aira-moe-installed
 
 .PHONY: install demo test
@@ -11,6 +12,7 @@ install: $(STAMP)
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet uv==0.13.8
 	$(PIP) "setuptools>=70,<82"
 	$(PIP) -e ".[test]"
 	# DeepSpeed (ZeRO-3 tests) is published as source only: built without isolation against the torch above, pure

@@ -75,6 +75,8 @@ def child_command(args: argparse.Namespace, config_path: Path, record_path: Path
     own = ["--model", args.model, "--warmup", str(args.warmup), "--output", "-", "--child", str(config_path), str(record_path)]
     if args.cap_gib:
         own += ["--cap-gib", str(args.cap_gib)]
+    if args.profile:
+        own += ["--profile", str(args.profile)]
     env = dict(os.environ)
     if args.deepspeed:
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
@@ -103,10 +105,13 @@ def run_config(args: argparse.Namespace, model: Path, run: str, liger: bool, out
     return config
 
 
-def child(config_path: str, record_path: str, cap_gib: float | None, warmup: int) -> None:
-    """In the training process: cap memory, time the steps, run LLaMA-Factory's run_exp."""
+def child(config_path: str, record_path: str, cap_gib: float | None, warmup: int, profile_top: int) -> None:
+    """In the training process: cap memory, time the steps, run LLaMA-Factory's run_exp; with `profile_top`, the
+    last step runs under torch's profiler (and is left out of the timing)."""
     import torch
     from llamafactory.train.tuner import run_exp
+    from speed import profile_summary
+    from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
     if cap_gib:
@@ -118,6 +123,8 @@ def child(config_path: str, record_path: str, cap_gib: float | None, warmup: int
             self.times: list[float] = []
             self.losses: list[float] = []
             self.linear_params = 0
+            self.profiler = None
+            self.profile: dict | None = None
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -127,12 +134,21 @@ def child(config_path: str, record_path: str, cap_gib: float | None, warmup: int
             torch.cuda.reset_peak_memory_stats()
 
         def on_step_begin(self, args, state, control, **kwargs):
+            self.profiler = None
+            if profile_top and state.global_step == args.max_steps - 1:
+                self.profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                self.profiler.__enter__()
             torch.cuda.synchronize()
             self.started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             torch.cuda.synchronize()
-            self.times.append(time.perf_counter() - self.started)
+            elapsed = time.perf_counter() - self.started
+            if self.profiler is None:
+                self.times.append(elapsed)
+                return
+            self.profiler.__exit__(None, None, None)
+            self.profile = {"step_ms": round(1000 * elapsed, 1), **profile_summary(self.profiler, profile_top)}
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -144,7 +160,7 @@ def child(config_path: str, record_path: str, cap_gib: float | None, warmup: int
     Path(record_path).write_text(json.dumps({
         "ms_per_step": 1000 * statistics.median(timed), "steps_timed": len(timed),
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "linear_params": timer.linear_params,
-        "loss_curve": timer.losses,
+        "loss_curve": timer.losses, **({"profile": timer.profile} if timer.profile else {}),
     }))
 
 
@@ -161,6 +177,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--max-samples", type=int, default=20000)
+    parser.add_argument("--profile", type=int, default=0, metavar="TOP", help="profile the last step: GPU busy time, "
+                        "kernel launches, the TOP operators and kernels by GPU time (the record's `profile`)")
     parser.add_argument("--variant", default="", help="suffix for the record's variant field")
     parser.add_argument("--deepspeed", type=Path, help="DeepSpeed config (ZeRO-3: examples/deepspeed/ds_z3_config.json)")
     parser.add_argument("--saved-weights", action="store_true", help="start from saved random weights (to compare with"
@@ -172,7 +190,7 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child, args.cap_gib, args.warmup)
+        child(*args.child, args.cap_gib, args.warmup, args.profile)
         return
     model = model_dir(args.assets, args.model, saved=saved_weights(args))
     ligers = {"off": [False], "on": [True], "both": [False, True]}[args.liger]
@@ -205,12 +223,12 @@ def main() -> None:
                     peak_mem_gib=round(measured["peak_mem_gib"], 2), steps_timed=measured["steps_timed"],
                     loss_first=measured["loss_curve"][0] if measured["loss_curve"] else None,
                     loss_last=measured["loss_curve"][-1] if measured["loss_curve"] else None,
-                    loss_curve=measured["loss_curve"],
+                    loss_curve=measured["loss_curve"], **({"profile": measured["profile"]} if "profile" in measured else {}),
                 )
             else:
                 tail = (folder / "log.txt").read_text(errors="replace")[-1500:]
                 record["error"] = "out of memory" if "out of memory" in tail.lower() else tail
-            print(json.dumps({k: v for k, v in record.items() if k not in ("loss_curve", "command")}), flush=True)
+            print(json.dumps({k: v for k, v in record.items() if k not in ("loss_curve", "command", "profile")}), flush=True)
             with open(args.output, "a") as out:
                 out.write(json.dumps(record) + "\n")
 

@@ -116,7 +116,6 @@ def build(shape: str, variant: str, device: torch.device, dtype: torch.dtype):
 def profile_step(step, top: int) -> dict:
     """Where one step's time goes: the GPU's busy time against the step's wall time (a gap means the
     step waits on the CPU launching kernels) and the operators that keep the GPU busiest."""
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.cuda.is_available()
@@ -124,6 +123,13 @@ def profile_step(step, top: int) -> dict:
         step()
         if cuda:
             torch.cuda.synchronize()
+    return profile_summary(prof, top)
+
+
+def profile_summary(prof, top: int) -> dict:
+    """GPU busy ms, kernel launches and the `top` aten operators by GPU time of a finished torch profile."""
+    from torch.autograd import DeviceType
+
     events = prof.key_averages()
     kernels = [e for e in events if e.device_type == DeviceType.CUDA]
     ops = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: e.self_device_time_total, reverse=True)
@@ -131,6 +137,9 @@ def profile_step(step, top: int) -> dict:
         "gpu_busy_ms": round(sum(e.self_device_time_total for e in kernels) / 1000, 2),
         "kernel_launches": sum(e.count for e in kernels),
         "top_ops": [{"op": e.key, "gpu_ms": round(e.self_device_time_total / 1000, 2), "calls": e.count} for e in ops[:top]],
+        # Triton kernels (Liger's) have no aten operator above them
+        "top_kernels": [{"kernel": e.key[:120], "gpu_ms": round(e.self_device_time_total / 1000, 2), "calls": e.count}
+                        for e in sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:top]],
     }
 
 
