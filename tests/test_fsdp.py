@@ -21,19 +21,15 @@ WORKER = Path(__file__).parent / "fsdp_worker.py"
 ADAPTED_LAYERS = 2 * 4  # 2 decoder layers x q, v, up, down
 
 
-def worker(mode: str, out: Path, processes: int = 1) -> None:
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    command = [torchrun, "--nproc_per_node", str(processes), "--master_port", "29571", str(WORKER), mode, str(out)]
-    if mode == "reference":
-        command = [sys.executable, str(WORKER), mode, str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
 @pytest.mark.slow
 def test_fsdp_trains_like_one_process_and_gathers_the_adapter(tmp_path):
-    worker("reference", tmp_path)
-    worker("fsdp", tmp_path, processes=2)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    command = [torchrun, "--nproc_per_node", "2", "--master_port", "29571", str(WORKER), "fsdp", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from fsdp_worker import main
+
+    main("reference", tmp_path)  # one process, no FSDP: in this one
     reference = json.loads((tmp_path / "reference.json").read_text())
     expected = torch.load(tmp_path / "reference.pt")
     for rank in (0, 1):

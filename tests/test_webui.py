@@ -120,13 +120,15 @@ def test_the_aira_moe_panel_trains_and_its_checkpoint_loads_in_chat_and_export(w
         assert arguments["awsvd_collect_steps"] == 2 and arguments["lora_rank"] == 8 and arguments["lora_target"] == "all"
         adapter = wait_for_file("saves/Custom/aira_moe/*/adapter_config.json", cwd, page).parent
         assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "AIRA_MOE"
+        # the run's end refreshes the checkpoint lists, clearing a choice made before it (seen on a loaded machine)
+        page.get_by_text("Finished.").first.wait_for(timeout=180000)
         choose(page, "Checkpoint path", adapter.name, exact=False)
         page.get_by_role("tab", name="Chat").click()
         page.get_by_role("button", name="Load model").first.click()
         page.wait_for_function("text => [...document.querySelectorAll('textarea')].some(box => box.value.includes(text))",
                                arg="Model loaded, now you can chat with your model!", timeout=120000)
         page.get_by_role("tab", name="Export").click()
-        choose(page, "Checkpoint path", adapter.name, exact=False)  # the run's end refreshes the checkpoint list, which may clear it
+        choose(page, "Checkpoint path", adapter.name, exact=False)
         export_dir = visible(page, "Export dir")
         export_dir.fill(str(cwd / "exported"))
         export_dir.press("Tab")  # the change event reaches the server before the click
