@@ -16,7 +16,6 @@ import functools
 from typing import Callable, Optional
 
 from torch import nn
-from torch.distributed.fsdp.wrap import _or_policy, lambda_auto_wrap_policy
 
 from .layer import AiraMoeLayer
 from .peft_type import require_peft
@@ -24,7 +23,10 @@ from .peft_type import require_peft
 
 def aira_moe_wrap_policy(model: nn.Module) -> Optional[Callable]:
     """An FSDP auto-wrap policy making each aira_moe layer and its base layer units; None without such layers."""
-    units = {id(module) for layer in model.modules() if isinstance(layer, AiraMoeLayer) for module in (layer, layer.base_layer)}
+    from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy  # here: builds without torch.distributed import us
+
+    layers = [layer for layer in model.modules() if isinstance(layer, AiraMoeLayer)]
+    units = {id(module) for layer in layers for module in (layer, layer.base_layer)}
     if not units:
         return None
     return functools.partial(lambda_auto_wrap_policy, lambda_fn=lambda module: id(module) in units)
@@ -32,6 +34,8 @@ def aira_moe_wrap_policy(model: nn.Module) -> Optional[Callable]:
 
 def _with_aira_moe_layers(original: Callable) -> Callable:
     def fsdp_auto_wrap_policy(model: nn.Module) -> Callable:
+        from torch.distributed.fsdp.wrap import _or_policy
+
         ours = aira_moe_wrap_policy(model)
         default = original(model)
         return default if ours is None else functools.partial(_or_policy, policies=[ours, default])
