@@ -3,7 +3,7 @@
 # LLaMA-Factory (.whl/) into /tmp/site, puts this checkout's package on the path and installs the
 # activation hook (aira_moe.pth), so that worker processes started by torchrun get it too.
 : "${OUT:?set OUT to the results folder}"
-# a later call on the same warm machine may leave .whl/ behind: /tmp/site is still installed then
+# a later call on the same warm machine need not carry .whl/ again: /tmp/site is still installed then
 if [[ -d .whl ]]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 elif [[ ! -d /tmp/site/llamafactory ]]; then
