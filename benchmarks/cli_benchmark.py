@@ -29,8 +29,11 @@ from llama_shapes import H200_BF16_FLOPS, LLAMA_SHAPES
 
 # the 3B shape with SmolLM2's 49152-token vocabulary, as the performance issue measured it through the CLI
 SHAPES = {**LLAMA_SHAPES, "llama-3.2-3b": {**LLAMA_SHAPES["llama-3.2-3b"], "vocab_size": 49152}}
-# The recipes' modes (examples/aira_moe/generality_*.yaml) at LoRA's rank 8 on all linear layers.
+# The recipes' modes (examples/aira_moe/generality_*.yaml) at LoRA's rank 8 on all linear layers; `floor` is the
+# frozen base's own forward and backward (rank 1 on q_proj alone, so the input gradients still run through every
+# layer): the step no adapter on all linear layers can go under, which bounds any speed-up over LoRA.
 RUNS = {
+    "floor": {"finetuning_type": "lora", "lora_target": "q_proj", "lora_rank": 1},
     "lora": {"finetuning_type": "lora"},
     "aira_basic": {"finetuning_type": "aira_moe", "num_A": 2, "num_B": 3},
     "aira_standard": {"finetuning_type": "aira_moe", "num_A": 2, "num_B": 3, "use_activation_aware": True,
