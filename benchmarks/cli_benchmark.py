@@ -207,7 +207,7 @@ def main() -> None:
             command, env = child_command(args, config_path, record_path)
             started = time.time()
             with open(folder / "log.txt", "w") as log:
-                code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+                code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
             record = {
                 "model": args.model, "run": run, "variant": f"{run.removeprefix('aira_')}{args.variant}", "liger": liger,
                 "gradient_checkpointing": args.checkpointing, "quantization": f"bnb-{args.quantization}bit" if args.quantization else "bf16",
