@@ -26,11 +26,13 @@ SCORE_TASKS = {"gsm8k": ("gsm8k_mc", "gsm8k"), "fineval": ("fineval",), "medicin
 # Second round (docs/results.md): the aira_moe methods train with per-bank learning rates (`bank_lr_scaling`,
 # the default since), so that they share LoRA's rates; `*_unscaled` switch it off, as every first-round run was.
 # The ablations add one technique at a time to basic (`aira_standard` is basic + activation weights).
+# The AwSVD rows keep `awsvd_lr_ratio: 1.0`, as every run of the round before the option had, so that their grids
+# mean the same across sessions; `*_corrected` has the default ratio (0.25), to be run at LoRA's best rates.
 AIRA = {"finetuning_type": "aira_moe", "bank_lr_scaling": True, "lora_rank": 4, "lora_alpha": 8, "num_A": 2, "num_B": 3, "collaboration": "fully",
         "adapter_compute_dtype": "parameter"}
 WEIGHTS = {"use_activation_aware": True, "activation_aware_mode": "inps"}
 LOD = {"use_layer_wise_rank": True, "rank_budget": 120, "min_rank": 2, "max_rank": 8, "awsvd_collect_steps": 50}
-AWSVD = {"use_awsvd_init": True, "awsvd_collect_steps": 50}
+AWSVD = {"use_awsvd_init": True, "awsvd_collect_steps": 50, "awsvd_lr_ratio": 1.0}
 FULL = {**WEIGHTS, **LOD, **AWSVD}
 UNSCALED = {"bank_lr_scaling": False}
 METHODS: dict[str, tuple[dict, float]] = {  # settings, learning-rate multiplier
@@ -45,6 +47,7 @@ METHODS: dict[str, tuple[dict, float]] = {  # settings, learning-rate multiplier
     "aira_full": ({**AIRA, **FULL}, 1.0),
     "aira_full_heuristic": ({**AIRA, **FULL, "collaboration": "heuristic"}, 1.0),
     "aira_full_learned": ({**AIRA, **FULL, "collaboration": "learned"}, 1.0),
+    "aira_full_learned_corrected": ({**AIRA, **FULL, "collaboration": "learned", "awsvd_lr_ratio": 0.25}, 1.0),
     "aira_basic_unscaled": ({**AIRA, **UNSCALED}, 1.0),
     "aira_full_unscaled": ({**AIRA, **FULL, **UNSCALED}, 1.0),
     "aira_basic_bf16": ({**AIRA, "adapter_compute_dtype": "input"}, 1.0),

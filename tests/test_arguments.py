@@ -71,6 +71,7 @@ BAD_INPUT = [
     ({"min_rank": 0}, ValueError, r"`min_rank` must be an integer >= 1, got 0"),
     ({"min_rank": 8, "max_rank": 4}, ValueError, r"`min_rank` \(8\) must not exceed `max_rank` \(4\)"),
     ({"lod_threshold_M": 0}, ValueError, r"`lod_threshold_M` must be a number > 0, got 0"),
+    ({"awsvd_lr_ratio": -0.25}, ValueError, r"`awsvd_lr_ratio` must be a number > 0, got -0.25"),
     ({"awsvd_collect_steps": 0}, ValueError, r"`awsvd_collect_steps` must be an integer >= 1, got 0"),
     ({"use_awsvd_init": "yes"}, ValueError, r"`use_awsvd_init` must be true or false, got 'yes'"),
     ({"lora_dropout": 1.5}, ValueError, r"`lora_dropout` must be a number in \[0, 1\), got 1.5"),
@@ -172,6 +173,6 @@ def test_the_arguments_are_derived_from_the_config():
 
     ours = {f.name: f for f in fields(AiraMoeConfig) if f.metadata.get("argument")}
     theirs = {f.name: f for f in fields(AiraMoeFinetuningArguments)}
-    assert len(ours) == 17
+    assert len(ours) == 18
     for name, declared in ours.items():
         assert theirs[name].default == declared.default and theirs[name].metadata["help"] == declared.metadata["help"]

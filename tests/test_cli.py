@@ -161,6 +161,7 @@ def test_full_mode_run(calibrated):
     out = work / "out"
     assert "Calibration: 3 batches" in log and "aira_moe calibration" in log
     assert "AwSVD initialised 14 layers" in log
+    assert "(AwSVD start: awsvd_lr_ratio 0.25 included)" in log  # the optimizer's groups carry the ratio
     allocation = json.loads((out / "rank_allocation.json").read_text())
     assert sum(allocation["ranks"]) == 10 and all(2 <= r <= 8 for r in allocation["ranks"])
     adapter_config = json.loads((out / "adapter_config.json").read_text())

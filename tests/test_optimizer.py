@@ -93,7 +93,7 @@ def test_resuming_needs_the_checkpoints_bank_rates(tmp_path):
     checkpoint = tmp_path / "checkpoint-3"
     checkpoint.mkdir()
     (checkpoint / "adapter_config.json").write_text('{"peft_type": "AIRA_MOE", "r": 2}')
-    check_resume(str(checkpoint), bank_lr_scaling=False)
+    check_resume(str(checkpoint), SimpleNamespace(bank_lr_scaling=False, awsvd_lr_ratio=0.25))
     training = SimpleNamespace(resume_from_checkpoint=str(checkpoint), deepspeed=None)
     finetuning = SimpleNamespace(finetuning_type="aira_moe", bank_lr_scaling=True)
     with pytest.raises(AiraMoeError, match="trained with bank_lr_scaling: false; set `bank_lr_scaling: false`"):
@@ -117,3 +117,31 @@ def test_every_option_has_its_chinese_label_in_the_web_ui():
 
     entries = locales()
     assert all(entries[name]["zh"]["label"] for name in OUR_OPTIONS)
+
+
+def test_an_awsvd_start_scales_every_bank_by_its_ratio():
+    """At rate L with `awsvd_lr_ratio` 0.25 each group trains at what L / 4 gives it without: Ω included."""
+    for collaboration in ("fully", "learned"):
+        started = optimizer_parameter_groups(adapted(collaboration, use_awsvd_init=True), 4e-3)
+        plain = optimizer_parameter_groups(adapted(collaboration, use_awsvd_init=True, awsvd_lr_ratio=1.0), 1e-3)
+        assert [len(g["params"]) for g in started] == [len(g["params"]) for g in plain]
+        assert [g["lr"] for g in started] == pytest.approx([g["lr"] for g in plain])
+    without = optimizer_parameter_groups(adapted("fully"), 4e-3)
+    assert sorted(g["lr"] for g in without) == pytest.approx([4e-3 / 3, 4e-3 / 2])  # no AwSVD start, no ratio
+
+
+def test_an_awsvd_checkpoint_from_before_the_ratio_resumes_only_without_it(tmp_path):
+    """Its banks trained at the plain per-bank rates (ratio 1): the default 0.25 would quarter every later step."""
+    from types import SimpleNamespace
+
+    from aira_moe.errors import AiraMoeError
+    from aira_moe.integration.checks import check_resume
+
+    checkpoint = tmp_path / "checkpoint-5"
+    checkpoint.mkdir()
+    (checkpoint / "adapter_config.json").write_text(
+        '{"peft_type": "AIRA_MOE", "r": 2, "bank_lr_scaling": true, "use_awsvd_init": true}'
+    )
+    with pytest.raises(AiraMoeError, match=r"`awsvd_lr_ratio: 0.25` cannot resume .* set `awsvd_lr_ratio: 1.0`"):
+        check_resume(str(checkpoint), SimpleNamespace(bank_lr_scaling=True, awsvd_lr_ratio=0.25))
+    check_resume(str(checkpoint), SimpleNamespace(bank_lr_scaling=True, awsvd_lr_ratio=1.0))

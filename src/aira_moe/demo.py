@@ -57,7 +57,7 @@ def train_config(model_dir: Path, data_dir: Path, output_dir: Path, epochs: floa
         "overwrite_output_dir": False,
         "per_device_train_batch_size": 8,
         "num_train_epochs": epochs,
-        "learning_rate": 5e-4,
+        "learning_rate": 2e-3,  # a LoRA rate: awsvd_lr_ratio (0.25) trains the AwSVD-started banks at 5e-4
         "lr_scheduler_type": "cosine",
         "warmup_ratio": 0.1,
         "logging_steps": 5,

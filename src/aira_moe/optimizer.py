@@ -9,6 +9,11 @@ cosine similarities, so 1 for independent experts). `fully` then trains exactly 
 at the user's rate; `heuristic` as num_A independent rank-r LoRAs; `learned` starts close to
 `fully` (its Ω starts with positive, nearly equal entries) and is scaled almost as much; the
 factors come from Ω's start, so every layer and a resumed run share them.
+
+An AwSVD-started adapter's rates are multiplied once more, by `awsvd_lr_ratio`: its factors are
+large from step 0, so each Adam step moves ΔW more than a zero-started B does, and the measured
+best rates of every AwSVD mode (and of PiSSA) sat 4x below LoRA's. All its trainable banks (Ω
+included) take the ratio, so that a run at rate L trains exactly as one at L x ratio without it.
 """
 
 from __future__ import annotations
@@ -45,15 +50,26 @@ def decay_parameter_names(model: nn.Module) -> set[str]:
     return set(Trainer.get_decay_parameter_names(None, model))  # the method does not use the trainer
 
 
+def peft_configs(model: nn.Module) -> dict[str, Any]:
+    """The adapters' configs, from the peft model wherever it sits (a value-head wrapper holds it as a submodule)."""
+    return next((module.peft_config for module in model.modules() if hasattr(module, "peft_config")), {})
+
+
+def start_ratio(config: Any) -> float:
+    """`awsvd_lr_ratio` for an adapter initialised by AwSVD, else 1."""
+    return config.awsvd_lr_ratio if getattr(config, "use_awsvd_init", False) else 1.0
+
+
 def parameter_factors(model: nn.Module) -> dict[str, float]:
     """Parameter name -> learning-rate factor, for the trainable parameters of every aira_moe bank."""
-    factors = {}
+    factors, configs = {}, peft_configs(model)
     for module_name, module in model.named_modules():
         if not isinstance(module, AiraMoeLayer):
             continue
         for adapter_name in module.aira_A:
+            ratio = start_ratio(configs.get(adapter_name))
             for bank, factor in bank_lr_factors(module, adapter_name).items():
-                factors[f"{module_name}.{bank}.{adapter_name}"] = factor
+                factors[f"{module_name}.{bank}.{adapter_name}"] = round(factor * ratio, 12)
     return factors
 
 
@@ -83,5 +99,7 @@ def trainer_optimizer(model: nn.Module, args: Any) -> torch.optim.Optimizer:
     optimizer_class, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     used = sorted({factor for name, factor in parameter_factors(model).items() if name in trainable})
-    info_main(f"Per-bank learning rates (bank_lr_scaling): learning_rate x {', '.join(f'{factor:.3g}' for factor in used)}.")
+    ratios = sorted({start_ratio(config) for config in peft_configs(model).values()} - {1.0})
+    start = f" (AwSVD start: awsvd_lr_ratio {', '.join(f'{ratio:g}' for ratio in ratios)} included)" if ratios else ""
+    info_main(f"Per-bank learning rates (bank_lr_scaling): learning_rate x {', '.join(f'{factor:.3g}' for factor in used)}{start}.")
     return optimizer_class(optimizer_parameter_groups(model, args.learning_rate, args.weight_decay), **optimizer_kwargs)

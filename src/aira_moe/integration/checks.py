@@ -203,17 +203,28 @@ def target_shapes(
     }
 
 
-def check_resume(checkpoint: Optional[str], bank_lr_scaling: bool) -> None:
-    """Resuming needs the checkpoint's per-bank rates: its optimizer state holds one entry per parameter group.
+# the rate settings a checkpoint's optimizer state was made with, and what checkpoints from before each option had
+RATE_SETTINGS = {"bank_lr_scaling": False, "awsvd_lr_ratio": 1.0}
 
-    Checkpoints saved before `bank_lr_scaling` existed were trained without it.
-    """
+
+def check_resume(checkpoint: Optional[str], finetuning_args: Any) -> None:
+    """Resuming needs the checkpoint's per-bank rates: its optimizer state holds one entry per parameter group, and
+    a changed factor would move every later step silently. `awsvd_lr_ratio` counts only for an AwSVD start."""
     if not checkpoint or not (Path(checkpoint) / "adapter_config.json").is_file():
         return
-    saved = saved_adapter_config(Path(checkpoint), "`resume_from_checkpoint`").get("bank_lr_scaling", False)
-    if saved != bank_lr_scaling:
-        setting = str(saved).lower()
-        raise AiraMoeError(
-            f"`bank_lr_scaling: {str(bank_lr_scaling).lower()}` cannot resume {checkpoint}, which was trained with "
-            f"bank_lr_scaling: {setting}; set `bank_lr_scaling: {setting}` to resume it, or train into a new output_dir."
-        )
+    saved_config = saved_adapter_config(Path(checkpoint), "`resume_from_checkpoint`")
+    for name, before in RATE_SETTINGS.items():
+        if name == "awsvd_lr_ratio" and not (saved_config.get("use_awsvd_init") and finetuning_args.bank_lr_scaling):
+            continue
+        saved, current = saved_config.get(name, before), getattr(finetuning_args, name)
+        if saved != current:
+            setting = yaml_value(saved)
+            raise AiraMoeError(
+                f"`{name}: {yaml_value(current)}` cannot resume {checkpoint}, which was trained with {name}: {setting}; "
+                f"set `{name}: {setting}` to resume it, or train into a new output_dir."
+            )
+
+
+def yaml_value(value: Any) -> str:
+    """A setting as a YAML file spells it (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)

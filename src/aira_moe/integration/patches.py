@@ -122,7 +122,7 @@ def _run_in_scope(original: Callable) -> Callable:
 
         check_deepspeed(training_args.deepspeed, model_args)
         check_fsdp()
-        check_resume(training_args.resume_from_checkpoint, finetuning_args.bank_lr_scaling)
+        check_resume(training_args.resume_from_checkpoint, finetuning_args)
         with training_run():
             return original(model_args, data_args, training_args, finetuning_args, *args, **kwargs)
 

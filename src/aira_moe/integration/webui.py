@@ -45,6 +45,8 @@ ZH = {
     "lod_threshold_M": ("离群阈值 M", "得分超过块均值 M 倍即视为离群（建议 1.8-2.5）。"),
     "use_awsvd_init": ("AwSVD 初始化", "用激活加权 SVD 初始化专家（heuristic / learned 下每组配对各取一段奇异方向），"
                        "并从冻结权重中减去其乘积 P0。"),
+    "awsvd_lr_ratio": ("AwSVD 学习率系数", "启用 AwSVD 初始化与分组学习率时，各专家组的学习率再乘以此系数（SVD 起点的因子从第一步起就较大，"
+                       "一步 Adam 更新对乘积的改变大于 LoRA 的零起点）；1.0 为不修正。"),
     "awsvd_collect_steps": ("校准批次数", "校准所用批次数（训练集的随机抽样，每个数据集按比例），三种技术共用（建议 100-200）。"),
 }
 
@@ -92,7 +94,8 @@ def option_values(get: Any) -> dict[str, Any]:
     for name in ("num_A", "num_B", "min_rank", "max_rank", "awsvd_collect_steps"):
         values[name] = int(values[name])
     values["rank_budget"] = int(values["rank_budget"]) or None
-    values["lod_threshold_M"] = float(values["lod_threshold_M"])
+    for name in ("lod_threshold_M", "awsvd_lr_ratio"):
+        values[name] = float(values[name])
     values.update({argument: get(element) for argument, element in LORA_CONTROLS.items()})
     values["lora_target"] = get("train.lora_target") or "all"
     values["additional_target"] = values["additional_target"] or None
