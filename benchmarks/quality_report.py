@@ -102,6 +102,43 @@ def markdown_table(best) -> str:
     return "\n".join(lines)
 
 
+# One technique at a time (issue: ablations on basic), then what the experts that add rank change in full mode.
+ABLATIONS = (
+    ("+ activation weights (standard - basic)", "aira_standard", "aira_basic"),
+    ("+ LOD ranks (basic_lod - basic)", "aira_basic_lod", "aira_basic"),
+    ("+ AwSVD (basic_awsvd - basic)", "aira_basic_awsvd", "aira_basic"),
+    ("`heuristic` - `fully` (full mode)", "aira_full_heuristic", "aira_full"),
+    ("`learned` - `fully` (full mode)", "aira_full_learned", "aira_full"),
+    ("`fully` collaboration (basic - LoRA)", "aira_basic", "lora"),
+)
+
+
+def difference(entry: dict, reference: dict) -> str:
+    """Δ held-out loss (lower is better) with its standard error and a verdict where both sides have seeds.
+
+    helps / hurts need |Δ| above two standard errors of the difference; with one seed on either side
+    there is no error to compare with, so the cell says n=1 instead of a verdict.
+    """
+    delta = entry["mean"] - reference["mean"]
+    if entry["std"] is None or reference["std"] is None:
+        return f"{delta:+.4f} (n=1)"
+    error = math.sqrt(entry["std"] ** 2 / entry["seeds"] + reference["std"] ** 2 / reference["seeds"])
+    verdict = "hurts" if delta > 2 * error else "helps" if delta < -2 * error else "neutral"
+    return f"{delta:+.4f} ± {error:.4f}: {verdict}"
+
+
+def ablation_table(best) -> str:
+    """Each ablation's Δ at both methods' best rates, per domain; empty when no pair was run."""
+    domains = [d for d in DOMAINS if any(k[0] == d for k in best)]
+    lines = ["| change | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+    for label, method, reference in ABLATIONS:
+        cells = [difference(best[(d, method)], best[(d, reference)]) if {(d, method), (d, reference)} <= best.keys()
+                 else "–" for d in domains]
+        if any(cell != "–" for cell in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def task_scores(paths: list[Path], best) -> dict[tuple[str, str], dict[str, list[float]]]:
     """(domain, method) -> {task: headline score of each scored run} at the method's best rate.
 
@@ -179,8 +216,9 @@ def study(paths: list[Path]) -> dict:
 
 
 def tables(study: dict) -> str:
-    """The loss table, then the task-score table where any run was scored."""
-    return "\n\n".join(filter(None, (markdown_table(study["best"]), scores_table(study["scores"]))))
+    """The loss table, the ablations' differences, then the task-score table where any run was scored."""
+    return "\n\n".join(filter(None, (markdown_table(study["best"]), ablation_table(study["best"]),
+                                      scores_table(study["scores"]))))
 
 
 def main() -> None:

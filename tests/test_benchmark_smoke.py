@@ -137,6 +137,24 @@ def test_quality_report_never_chooses_a_diverged_rate(tmp_path, monkeypatch):
     assert edge_extensions(results) == {}
 
 
+def test_quality_report_ablations_give_a_verdict_only_beyond_two_standard_errors(tmp_path, monkeypatch):
+    """Δ against the reference at both best rates; helps / hurts / neutral from the seeds, n=1 says so."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from quality_report import ablation_table, best_settings, load
+
+    seeds = {"aira_basic": (0.70, 0.71, 0.72), "aira_basic_awsvd": (0.60, 0.62, 0.61),
+             "aira_basic_lod": (0.69, 0.73, 0.71), "aira_standard": (0.75,)}
+    results = tmp_path / "results.jsonl"
+    results.write_text("\n".join(_quality_record(f"gsm8k/{method}/lr1e-3/seed{seed}", loss)
+                                 for method, losses in seeds.items() for seed, loss in enumerate(losses)))
+    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1].rstrip(" |")
+            for line in ablation_table(best_settings(load(results))).splitlines()[2:]}
+    assert rows["+ AwSVD (basic_awsvd - basic)"] == "-0.1000 ± 0.0082: helps"
+    assert rows["+ LOD ranks (basic_lod - basic)"].endswith(": neutral")
+    assert rows["+ activation weights (standard - basic)"] == "+0.0400 (n=1)"
+    assert "`learned` - `fully` (full mode)" not in rows  # neither side was run
+
+
 def test_quality_report_scores_only_the_best_rate_and_skips_failed_scoring(tmp_path, monkeypatch):
     """The task-score table sits beside the loss table: same rate, mean ± std over the scored seeds."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
