@@ -7,9 +7,10 @@ rsLoRA are the LoRA panel's own controls, which the runner passes on for `aira_m
 
 from __future__ import annotations
 
+import functools
 import typing
 from dataclasses import fields
-from typing import Any
+from typing import Any, Optional
 
 from ..tuner.config import AiraMoeConfig
 from .arguments import OUR_OPTIONS
@@ -60,11 +61,17 @@ def locales() -> dict[str, dict[str, dict[str, str]]]:
     return entries
 
 
+@functools.cache
+def declared_types() -> dict[str, Any]:
+    """Each config field's declared type: the panel's controls and the values read back from them follow it."""
+    return typing.get_type_hints(AiraMoeConfig)
+
+
 def control(name: str) -> Any:
     """The gradio control of one option, by its declared type and default."""
     import gradio as gr
 
-    hint = typing.get_type_hints(AiraMoeConfig)[name]
+    hint = declared_types()[name]
     default = next(f.default for f in fields(AiraMoeConfig) if f.name == name)
     if hint is bool:
         return gr.Checkbox(value=default)
@@ -88,14 +95,21 @@ def create_panel() -> dict[str, Any]:
     return {PANEL: panel, **controls}
 
 
+def declared_value(name: str, value: Any) -> Any:
+    """A panel value as its field declares it: gradio's numbers come back as floats, an unset optional int as 0."""
+    hint = declared_types()[name]
+    if hint is int:
+        return int(value)
+    if hint is float:
+        return float(value)
+    if hint == Optional[int]:
+        return int(value) or None
+    return value
+
+
 def option_values(get: Any) -> dict[str, Any]:
     """The run's arguments from the panel (`get(element id)`), with the LoRA panel's controls that apply."""
-    values = {name: get(f"train.{name}") for name in OUR_OPTIONS}
-    for name in ("num_A", "num_B", "min_rank", "max_rank", "awsvd_collect_steps"):
-        values[name] = int(values[name])
-    values["rank_budget"] = int(values["rank_budget"]) or None
-    for name in ("lod_threshold_M", "awsvd_lr_ratio"):
-        values[name] = float(values[name])
+    values = {name: declared_value(name, get(f"train.{name}")) for name in OUR_OPTIONS}
     values.update({argument: get(element) for argument, element in LORA_CONTROLS.items()})
     values["lora_target"] = get("train.lora_target") or "all"
     values["additional_target"] = values["additional_target"] or None
