@@ -203,8 +203,8 @@ def target_shapes(
     }
 
 
-# the rate settings a checkpoint's optimizer state was made with, and what checkpoints from before each option had
-RATE_SETTINGS = {"bank_lr_scaling": False, "awsvd_lr_ratio": 1.0}
+# the rate settings a checkpoint's optimizer state was made with: what checkpoints from before each option had
+RATE_SETTINGS_BEFORE = {"bank_lr_scaling": False, "awsvd_lr_ratio": 1.0}
 
 
 def check_resume(checkpoint: Optional[str], finetuning_args: Any) -> None:
@@ -213,10 +213,11 @@ def check_resume(checkpoint: Optional[str], finetuning_args: Any) -> None:
     if not checkpoint or not (Path(checkpoint) / "adapter_config.json").is_file():
         return
     saved_config = saved_adapter_config(Path(checkpoint), "`resume_from_checkpoint`")
-    for name, before in RATE_SETTINGS.items():
-        if name == "awsvd_lr_ratio" and not (saved_config.get("use_awsvd_init") and finetuning_args.bank_lr_scaling):
-            continue
-        saved, current = saved_config.get(name, before), getattr(finetuning_args, name)
+    names = ["bank_lr_scaling"]
+    if saved_config.get("use_awsvd_init") and finetuning_args.bank_lr_scaling:
+        names.append("awsvd_lr_ratio")  # it scales the per-bank rates of an AwSVD start only
+    for name in names:
+        saved, current = saved_config.get(name, RATE_SETTINGS_BEFORE[name]), getattr(finetuning_args, name)
         if saved != current:
             setting = yaml_value(saved)
             raise AiraMoeError(
