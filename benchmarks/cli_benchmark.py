@@ -42,6 +42,8 @@ RUNS = {
                   "use_layer_wise_rank": True, "min_rank": 4, "max_rank": 16, "use_awsvd_init": True,
                   "awsvd_collect_steps": 8},
 }
+# the recipes' full mode since the second quality round (docs/results.md); `aira_full` keeps `fully`, as measured before
+RUNS["aira_full_learned"] = {**RUNS["aira_full"], "collaboration": "learned"}
 
 
 def model_dir(assets: Path, name: str, saved: bool) -> Path:
@@ -102,7 +104,7 @@ def run_config(args: argparse.Namespace, model: Path, run: str, liger: bool, out
         config["train_from_scratch"] = True
     if args.deepspeed:
         config["deepspeed"] = str(args.deepspeed)
-    if run == "aira_full":
+    if config.get("use_layer_wise_rank"):
         layers = SHAPES[args.model]["num_hidden_layers"]
         config["rank_budget"] = 8 * layers
     return config

@@ -30,8 +30,8 @@ case "${1:?speed, qlora-8gib, qlora-8gib-low-memory or sharded}" in
       --quantization 4 --checkpointing --cap-gib 8 --batch 1 --steps 12 --warmup 4 --variant _4bit_b1 "${common[@]}" ;;
   qlora-8gib-low-memory)
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 benchmarks/cli_benchmark.py --model llama-3.1-8b \
-      --runs aira_full,aira_basic,aira_standard --liger off --quantization 4 --checkpointing --cap-gib 8 --batch 1 \
-      --steps 12 --warmup 4 --variant _4bit_b1_low_memory "${common[@]}" ;;
+      --runs aira_full,aira_full_learned,aira_basic,aira_standard --liger off --quantization 4 --checkpointing \
+      --cap-gib 8 --batch 1 --steps 12 --warmup 4 --variant _4bit_b1_low_memory "${common[@]}" ;;
   sharded)
     sharded=(--model llama-3.2-3b --runs aira_full --liger off --checkpointing --batch 2 --steps 12 --warmup 4)
     python3 benchmarks/cli_benchmark.py "${sharded[@]}" --saved-weights --variant _saved "${common[@]}"

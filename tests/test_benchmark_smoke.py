@@ -290,5 +290,5 @@ for name, config in json.load(open({str(tmp_path / 'configs.json')!r})).items():
           finetuning_args.rank_budget if finetuning_args.finetuning_type == "aira_moe" else None)
 """)
     assert "llama-3.1-8b/aira_full/4 aira_moe 4 True 256" in output and "llama-3.2-3b/aira_full/None aira_moe None True 224" in output
-    assert output.count(" lora ") == 8 and output.count(" aira_moe ") == 12  # lora and floor, 3 aira_moe modes
+    assert output.count(" lora ") == 8 and output.count(" aira_moe ") == 16  # lora and floor, 4 aira_moe runs
     assert "llama-3.1-8b/floor/None lora None" in output

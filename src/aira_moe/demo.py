@@ -29,8 +29,9 @@ LETTERS = ("a", "b", "c", "d")
 
 
 def train_config(model_dir: Path, data_dir: Path, output_dir: Path, epochs: float, calibration_batches: int) -> dict:
-    """The demo's LLaMA-Factory config: aira_moe full mode (2 A x 3 B, activation-aware weighting,
-    layer-wise ranks averaging 8 over the 30 blocks, AwSVD) on every linear layer."""
+    """The demo's LLaMA-Factory config: aira_moe full mode as the recipes run it (2 A x 3 B with `learned`
+    collaboration, activation-aware weighting, layer-wise ranks averaging 8 over the 30 blocks, AwSVD) on every
+    linear layer."""
     return {
         "model_name_or_path": str(model_dir),
         "stage": "sft",
@@ -40,7 +41,7 @@ def train_config(model_dir: Path, data_dir: Path, output_dir: Path, epochs: floa
         "lora_rank": 8,
         "num_A": 2,
         "num_B": 3,
-        "collaboration": "fully",
+        "collaboration": "learned",
         "use_activation_aware": True,
         "activation_aware_mode": "inps",
         "use_layer_wise_rank": True,
