@@ -5,10 +5,11 @@ reference answers of the domain's held-out split, `eval_loss`).
 
 Runs are independent processes spread over the GPUs (several per GPU: the model is small); every
 finished run is appended to the results file at once, and runs already there are skipped, so an
-interrupted study resumes where it stopped.
+interrupted study resumes where it stopped. With --then-seeds, each method's extra seeds are queued at
+its best rate as soon as its sweep has finished, so a sweep and its seeds fit in one call.
 
     python benchmarks/quality_study.py --model SMOLLM2_DIR --results results.jsonl \
-        --domains gsm8k,fineval --lrs 1e-4,4e-4,1.6e-3 --seeds 0 --gpus 0,1 --per-gpu 7
+        --domains gsm8k,fineval --lrs 1e-4,4e-4,1.6e-3 --seeds 0 --then-seeds 1,2 --gpus 0,1 --per-gpu 7
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import re
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from queue import Queue
 from threading import Lock
@@ -171,6 +172,20 @@ def edge_extensions(results: Path) -> dict[tuple[str, str], list[float]]:
     return extensions
 
 
+def seeds_due(results: Path, sweeps: dict[tuple[str, str], set[str]], seeds: list[int]) -> list[tuple[str, str, float, int]]:
+    """(domain, method, best lr, seed) for each sweep in `sweeps` (its run keys) that has finished in `results`.
+
+    Lets one call sweep a method and then run its extra seeds at the rate the sweep chose, without a second
+    call that must wait for the first (a device machine is lent for minutes at a time)."""
+    done = finished_runs(results)
+    complete = [sweep for sweep, keys in sweeps.items() if keys <= done]
+    if not complete:
+        return []
+    best = best_rates(results)
+    return [(domain, method, lr, seed) for domain, method in complete for lr in best[(domain, method)] for seed in seeds
+            if run_key(domain, method, lr, seed) not in done]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -185,6 +200,8 @@ def main() -> None:
     parser.add_argument("--best-of", type=Path, help="Instead of --lrs: each domain and method at its best rate in this results file (for more seeds).")
     parser.add_argument("--extend-edges", type=Path, help="Instead of --lrs: one rate beyond the grid for each domain and method whose best rate in this results file is at the grid's edge.")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--then-seeds", default="",
+                        help="With --lrs: once a method's sweep has finished, also run these seeds at its best rate.")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--gpus", default="0")
     parser.add_argument("--per-gpu", type=int, default=4, help="Concurrent runs per GPU.")
@@ -203,48 +220,72 @@ def main() -> None:
             raise SystemExit(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
     if args.score:
         check_scoring(domains)
+    then_seeds = [int(s) for s in args.then_seeds.split(",") if s]
+    if then_seeds and (args.best_of or args.extend_edges):
+        raise SystemExit("--then-seeds follows a sweep (--lrs / --method-lrs); it cannot be used with --best-of or --extend-edges")
     done = finished_runs(args.results)
     grid = [float(x) for x in args.lrs.split(",")]
     chosen = best_rates(args.best_of) if args.best_of else edge_extensions(args.extend_edges) if args.extend_edges else None
+
+    def job(domain: str, method: str, lr: float, seed: int) -> tuple[str, dict]:
+        key = run_key(domain, method, lr, seed)
+        config = run_config(args.model, args.data_dir, domain, method, lr, seed, args.steps,
+                            args.workdir / "runs" / key.replace("/", "_"), args.template)
+        return key, {**config, **args.override}
+
+    sweeps: dict[tuple[str, str], set[str]] = {}
     jobs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for domain in domains:
             for method in methods:
                 rates = args.method_lrs.get(method, grid) if chosen is None else chosen.get((domain, method), [])
                 for lr in rates:
-                    key = run_key(domain, method, lr, seed)
-                    if key not in done:
-                        output = args.workdir / "runs" / key.replace("/", "_")
-                        config = run_config(args.model, args.data_dir, domain, method, lr, seed, args.steps, output,
-                                            args.template)
-                        jobs.append((key, {**config, **args.override}))
+                    sweeps.setdefault((domain, method), set()).add(run_key(domain, method, lr, seed))
+                    if run_key(domain, method, lr, seed) not in done:
+                        jobs.append(job(domain, method, lr, seed))
+    submitted = {key for key, _ in jobs}
+
+    def follow_ups() -> list[tuple[str, dict]]:
+        """The --then-seeds runs of every sweep that has just finished (not yet queued)."""
+        due = [job(*run) for run in seeds_due(args.results, sweeps, then_seeds)] if then_seeds else []
+        due = [(key, config) for key, config in due if key not in submitted]
+        submitted.update(key for key, _ in due)
+        return due
+
+    jobs += follow_ups()
     args.workdir.mkdir(parents=True, exist_ok=True)
     slots: Queue[str] = Queue()
     for gpu in args.gpus.split(","):
         for _ in range(args.per_gpu):
             slots.put(gpu)
     started, lock = time.time(), Lock()
-    print(f"{len(jobs)} runs to do ({len(done)} already done)", flush=True)
-
-    def work(job: tuple[str, dict]) -> None:
-        key, config = job
-        if args.deadline_s is not None and time.time() - started > args.deadline_s:
-            return
-        gpu = slots.get()
-        try:
-            record = train_once(key, config, gpu, args.workdir)
-            if args.score and record["returncode"] == 0:
-                record["scores"] = score_adapter(key.split("/")[0], config, gpu, args.workdir, args)
-        finally:
-            slots.put(gpu)
-        with lock:
-            with args.results.open("a") as out:
-                out.write(json.dumps(record) + "\n")
-            print(f"[{time.time() - started:6.0f} s] {key}: eval_loss={record.get('eval_loss')} rc={record['returncode']}", flush=True)
+    after = f"; seeds {args.then_seeds} follow each sweep at its best rate" if then_seeds else ""
+    print(f"{len(jobs)} runs to do ({len(done)} already done){after}", flush=True)
 
     with ThreadPoolExecutor(max_workers=slots.qsize()) as pool:
-        list(pool.map(work, jobs))
+        pending: list[Future] = []
 
+        def work(job: tuple[str, dict]) -> None:
+            key, config = job
+            if args.deadline_s is not None and time.time() - started > args.deadline_s:
+                return
+            gpu = slots.get()
+            try:
+                record = train_once(key, config, gpu, args.workdir)
+                if args.score and record["returncode"] == 0:
+                    record["scores"] = score_adapter(key.split("/")[0], config, gpu, args.workdir, args)
+            finally:
+                slots.put(gpu)
+            with lock:
+                with args.results.open("a") as out:
+                    out.write(json.dumps(record) + "\n")
+                print(f"[{time.time() - started:6.0f} s] {key}: eval_loss={record.get('eval_loss')} rc={record['returncode']}", flush=True)
+                # queued before this run's future completes, so the loop below never stops early
+                pending.extend(pool.submit(work, follow_up) for follow_up in follow_ups())
+
+        pending.extend(pool.submit(work, job) for job in jobs)
+        while pending:
+            pending.pop().result()
 
 if __name__ == "__main__":
     main()

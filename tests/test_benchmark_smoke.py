@@ -82,6 +82,38 @@ def test_quality_study_resume_retries_failed_runs(tmp_path, monkeypatch):
     assert finished_runs(results) == {"law/lora/lr0.0004/seed0"}
 
 
+def test_quality_study_runs_the_extra_seeds_once_each_sweep_has_finished(tmp_path, monkeypatch):
+    """--then-seeds: each method's seeds at the rate its own sweep chose, queued as that sweep completes (a sweep
+    finished in an earlier call counts; one with a failed run gets no seeds until resume has redone it)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import quality_study
+
+    losses = {("lora", 1e-3): 0.9, ("lora", 2e-3): 0.7, ("lora", 4e-3): 0.8,
+              ("pissa", 1e-3): 0.6, ("pissa", 2e-3): 0.65, ("pissa", 4e-3): 0.7}
+
+    def train_once(key, config, gpu, workdir):
+        _, method, _, seed = key.split("/")
+        failed = method == "aira_basic" and config["learning_rate"] == 4e-3
+        return {"key": key, "returncode": int(failed), "eval_loss": losses.get((method, config["learning_rate"]), 0.5)
+                + 0.01 * int(seed[4:])}
+
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(_quality_record(f"gsm8k/pissa/lr{lr:g}/seed0", losses["pissa", lr]) + "\n"
+                               for lr in (1e-3, 2e-3, 4e-3)))
+    monkeypatch.setattr(quality_study, "train_once", train_once)
+    monkeypatch.setattr("sys.argv", ["quality_study.py", "--model", "m", "--results", str(results), "--workdir",
+                                     str(tmp_path / "work"), "--domains", "gsm8k", "--methods", "lora,pissa,aira_basic",
+                                     "--lrs", "1e-3,2e-3,4e-3", "--then-seeds", "1,2", "--per-gpu", "2"])
+    quality_study.main()
+    keys = [json.loads(line)["key"] for line in results.read_text().splitlines()]
+    seeds = sorted(key for key in keys if not key.endswith("seed0"))
+    assert seeds == ["gsm8k/lora/lr0.002/seed1", "gsm8k/lora/lr0.002/seed2",
+                     "gsm8k/pissa/lr0.001/seed1", "gsm8k/pissa/lr0.001/seed2"]
+    lora_sweep = [keys.index(f"gsm8k/lora/lr{lr:g}/seed0") for lr in (1e-3, 2e-3, 4e-3)]
+    assert min(keys.index(key) for key in seeds if "/lora/" in key) > max(lora_sweep)
+    assert len(keys) == len(set(keys)) and sum("/aira_basic/" in key for key in keys) == 3
+
+
 def test_quality_study_refuses_bad_input_before_training(tmp_path, monkeypatch):
     """A typo or an unscorable task stops the study at once, not after hours of training."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
@@ -100,6 +132,7 @@ def test_quality_study_refuses_bad_input_before_training(tmp_path, monkeypatch):
 
     assert "--domains: unknown lawz; choose from gsm8k" in study("--domains", "gsm8k,lawz")
     assert "--methods: unknown dora; choose from lora" in study("--methods", "lora,dora")
+    assert "--then-seeds follows a sweep" in study("--best-of", str(tmp_path / "b.jsonl"), "--then-seeds", "1")
     monkeypatch.setitem(TASKS, "medicine", replace(TASKS["medicine"], requires={"no_such_metric": "no-such"}))
     assert "--score: task medicine of domain medicine needs the Python module(s) no_such_metric" in study(
         "--domains", "gsm8k,medicine", "--score")
