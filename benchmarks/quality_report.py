@@ -4,7 +4,8 @@ The plot shows each domain's held-out losses as bars and, below them, the traini
 
 For every domain and method the learning rate with the lowest held-out loss in the sweep (seed 0)
 is chosen; the table gives that loss as mean ± std over the seeds run at that rate, and flags a
-best rate at the edge of the grid (the sweep may not have found the method's optimum). Choosing
+best rate at the edge of the grid (the sweep may not have found the method's optimum). The mixture's
+loss is the mean over its four test sets; a table of its own gives each of them. Choosing
 on the sweep seed alone keeps the extra seeds from favouring the one rate that got them. A second
 table gives the task scores of the runs trained with --score at those rates.
 
@@ -155,6 +156,14 @@ def task_scores(paths: list[Path], best) -> dict[tuple[str, str], dict[str, list
     return scores
 
 
+def mean_cell(values: list[float]) -> str:
+    """`mean ± std (n=k)` of a table cell, `–` when nothing was measured."""
+    if not values:
+        return "–"
+    spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.4f}{spread} (n={len(values)})"
+
+
 def scores_table(scores) -> str:
     """Mean ± std of each task's headline score over the scored seeds; empty when nothing was scored."""
     tasks = [t for t in HEADLINE if any(t in by_task for by_task in scores.values())]
@@ -162,12 +171,37 @@ def scores_table(scores) -> str:
         return ""
     lines = ["| method | " + " | ".join(f"{t} ({HEADLINE[t]})" for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
     for method in (m for m in METHODS if any(key[1] == m for key in scores)):
-        cells = []
-        for task in tasks:
-            values = next((by_task[task] for (_, m), by_task in scores.items() if m == method and task in by_task), [])
-            spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
-            cells.append(f"{statistics.mean(values):.4f}{spread} (n={len(values)})" if values else "–")
+        cells = [mean_cell(next((by_task[task] for (_, m), by_task in scores.items() if m == method and task in by_task), []))
+                 for task in tasks]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+MIXTURE_TEST_SETS = DOMAINS["mixture"][1].split(",")
+
+
+def mixture_losses(path: Path, best) -> dict[str, dict[str, list[float]]]:
+    """method -> {test set: its held-out loss in each seed's run} at the method's best mixture rate.
+
+    The rate is chosen on the mean over the test sets (the mixture's `eval_loss`), as for any domain; this
+    shows where that mean comes from: one model trained on all four domains, scored on each.
+    """
+    losses: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (domain, method, lr, _seed), record in successful_runs(path):
+        if domain == "mixture" and (domain, method) in best and lr == best[(domain, method)]["lr"]:
+            for name in MIXTURE_TEST_SETS:
+                if f"eval_{name}_loss" in record:
+                    losses[method][name].append(record[f"eval_{name}_loss"])
+    return losses
+
+
+def mixture_table(losses) -> str:
+    """Each test set's held-out loss of the mixture runs; empty before any mixture run."""
+    if not losses:
+        return ""
+    lines = ["| method (mixture) | " + " | ".join(MIXTURE_TEST_SETS) + " |", "|---|" + "---|" * len(MIXTURE_TEST_SETS)]
+    for method in (m for m in METHODS if m in losses):
+        lines.append(f"| {method} | " + " | ".join(mean_cell(losses[method][name]) for name in MIXTURE_TEST_SETS) + " |")
     return "\n".join(lines)
 
 
@@ -212,13 +246,14 @@ def plot(study: dict, path: Path) -> None:
 def study(paths: list[Path]) -> dict:
     """Everything the tables and the plot show: losses and curves from the first file, scores from all."""
     best = best_settings(load(paths[0]))
-    return {"best": best, "curves": training_curves(paths[0]), "scores": task_scores(paths, best)}
+    return {"best": best, "curves": training_curves(paths[0]), "scores": task_scores(paths, best),
+            "mixture": mixture_losses(paths[0], best)}
 
 
 def tables(study: dict) -> str:
-    """The loss table, the ablations' differences, then the task-score table where any run was scored."""
+    """The loss table, the ablations' differences, the mixture's test sets, then the task scores where present."""
     return "\n\n".join(filter(None, (markdown_table(study["best"]), ablation_table(study["best"]),
-                                      scores_table(study["scores"]))))
+                                      mixture_table(study["mixture"]), scores_table(study["scores"]))))
 
 
 def main() -> None:

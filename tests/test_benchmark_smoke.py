@@ -188,6 +188,25 @@ def test_quality_report_ablations_give_a_verdict_only_beyond_two_standard_errors
     assert "`learned` - `fully` (full mode)" not in rows  # neither side was run
 
 
+def test_quality_report_splits_the_mixture_into_its_test_sets_at_the_best_rate(tmp_path, monkeypatch):
+    """The mixture's rate is chosen on the mean over its test sets; its own table shows each test set there."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from quality_report import tables, study
+
+    def mixture_run(lr: str, seed: int, losses: tuple[float, ...]) -> str:
+        per_set = dict(zip(("gsm8k_test", "fineval_en_test", "genmedgpt_test", "lawbench_test"), losses))
+        return json.dumps({"key": f"mixture/lora/lr{lr}/seed{seed}", "returncode": 0, "eval_loss": sum(losses) / 4,
+                           **{f"eval_{name}_loss": loss for name, loss in per_set.items()}})
+
+    results = tmp_path / "results.jsonl"
+    results.write_text("\n".join([mixture_run("1e-3", 0, (0.1, 0.9, 0.9, 0.9)),  # the best gsm8k, not the best mean
+                                   mixture_run("2e-3", 0, (0.6, 0.2, 1.2, 0.4)), mixture_run("2e-3", 1, (0.8, 0.2, 1.4, 0.6))]))
+    lines = tables(study([results])).splitlines()
+    assert "| method (mixture) | gsm8k_test | fineval_en_test | genmedgpt_test | lawbench_test |" in lines
+    assert "| lora | 0.7000 ± 0.1414 (n=2) | 0.2000 ± 0.0000 (n=2) | 1.3000 ± 0.1414 (n=2) | 0.5000 ± 0.1414 (n=2) |" in lines
+    assert "| lora | **0.6750 ± 0.1061 (lr 0.002*, n=2)** |" in lines
+
+
 def test_quality_report_scores_only_the_best_rate_and_skips_failed_scoring(tmp_path, monkeypatch):
     """The task-score table sits beside the loss table: same rate, mean ± std over the scored seeds."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
