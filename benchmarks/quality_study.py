@@ -208,7 +208,9 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=None, help="Start no run after this many seconds.")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/quality"))
     parser.add_argument("--override", type=json.loads, default={}, help="JSON merged into every config (CPU smoke runs).")
-    parser.add_argument("--score", action="store_true", help="Also score each trained adapter on its domain's tasks (SCORE_TASKS).")
+    parser.add_argument("--score", action="store_true",
+                        help="Also score each trained adapter on its domain's tasks (SCORE_TASKS); with --then-seeds, only "
+                             "the extra seeds' adapters (the sweep's runs are there to choose a rate).")
     parser.add_argument("--score-limit", type=int, default=300, help="Items of each generative task scored (seeded sample).")
     parser.add_argument("--source", type=Path, default=Path(os.environ.get("AIRA_MOE_SOURCE", "../shared/data")),
                         help="Raw benchmark folder for the multiple-choice tasks (layout of ../shared/data).")
@@ -244,6 +246,7 @@ def main() -> None:
                     if run_key(domain, method, lr, seed) not in done:
                         jobs.append(job(domain, method, lr, seed))
     submitted = {key for key, _ in jobs}
+    sweep_keys = set().union(*sweeps.values())
 
     def follow_ups() -> list[tuple[str, dict]]:
         """The --then-seeds runs of every sweep that has just finished (not yet queued)."""
@@ -272,7 +275,7 @@ def main() -> None:
             gpu = slots.get()
             try:
                 record = train_once(key, config, gpu, args.workdir)
-                if args.score and record["returncode"] == 0:
+                if args.score and record["returncode"] == 0 and not (then_seeds and key in sweep_keys):
                     record["scores"] = score_adapter(key.split("/")[0], config, gpu, args.workdir, args)
             finally:
                 slots.put(gpu)

@@ -84,7 +84,8 @@ def test_quality_study_resume_retries_failed_runs(tmp_path, monkeypatch):
 
 def test_quality_study_runs_the_extra_seeds_once_each_sweep_has_finished(tmp_path, monkeypatch):
     """--then-seeds: each method's seeds at the rate its own sweep chose, queued as that sweep completes (a sweep
-    finished in an earlier call counts; one with a failed run gets no seeds until resume has redone it)."""
+    finished in an earlier call counts; one with a failed run gets no seeds until resume has redone it); --score
+    then scores those seeds' adapters only."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import quality_study
 
@@ -101,12 +102,15 @@ def test_quality_study_runs_the_extra_seeds_once_each_sweep_has_finished(tmp_pat
     results.write_text("".join(_quality_record(f"gsm8k/pissa/lr{lr:g}/seed0", losses["pissa", lr]) + "\n"
                                for lr in (1e-3, 2e-3, 4e-3)))
     monkeypatch.setattr(quality_study, "train_once", train_once)
+    monkeypatch.setattr(quality_study, "score_adapter", lambda domain, *_: {"gsm8k": {"accuracy": 0.5}})
     monkeypatch.setattr("sys.argv", ["quality_study.py", "--model", "m", "--results", str(results), "--workdir",
                                      str(tmp_path / "work"), "--domains", "gsm8k", "--methods", "lora,pissa,aira_basic",
-                                     "--lrs", "1e-3,2e-3,4e-3", "--then-seeds", "1,2", "--per-gpu", "2"])
+                                     "--lrs", "1e-3,2e-3,4e-3", "--then-seeds", "1,2", "--per-gpu", "2", "--score"])
     quality_study.main()
-    keys = [json.loads(line)["key"] for line in results.read_text().splitlines()]
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    keys = [record["key"] for record in records]
     seeds = sorted(key for key in keys if not key.endswith("seed0"))
+    assert sorted(record["key"] for record in records if "scores" in record) == seeds  # the sweep only chooses
     assert seeds == ["gsm8k/lora/lr0.002/seed1", "gsm8k/lora/lr0.002/seed2",
                      "gsm8k/pissa/lr0.001/seed1", "gsm8k/pissa/lr0.001/seed2"]
     lora_sweep = [keys.index(f"gsm8k/lora/lr{lr:g}/seed0") for lr in (1e-3, 2e-3, 4e-3)]
