@@ -250,7 +250,7 @@ def main() -> None:
 
     def follow_ups() -> list[tuple[str, dict]]:
         """The --then-seeds runs of every sweep that has just finished (not yet queued)."""
-        due = [job(*run) for run in seeds_due(args.results, sweeps, then_seeds)] if then_seeds else []
+        due = [job(*seed_run) for seed_run in seeds_due(args.results, sweeps, then_seeds)] if then_seeds else []
         due = [(key, config) for key, config in due if key not in submitted]
         submitted.update(key for key, _ in due)
         return due
@@ -268,8 +268,8 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=slots.qsize()) as pool:
         pending: list[Future] = []
 
-        def work(job: tuple[str, dict]) -> None:
-            key, config = job
+        def work(run: tuple[str, dict]) -> None:
+            key, config = run
             if args.deadline_s is not None and time.time() - started > args.deadline_s:
                 return
             gpu = slots.get()
@@ -286,7 +286,7 @@ def main() -> None:
                 # queued before this run's future completes, so the loop below never stops early
                 pending.extend(pool.submit(work, follow_up) for follow_up in follow_ups())
 
-        pending.extend(pool.submit(work, job) for job in jobs)
+        pending.extend(pool.submit(work, run) for run in jobs)
         while pending:
             pending.pop().result()
 
