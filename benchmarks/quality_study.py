@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from queue import Queue
@@ -186,7 +187,8 @@ def seeds_due(results: Path, sweeps: dict[tuple[str, str], set[str]], seeds: lis
             if run_key(domain, method, lr, seed) not in done]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The study's options, checked before any training (a typo must not cost a device call)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--data-dir", default="data")
@@ -215,56 +217,52 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=Path(os.environ.get("AIRA_MOE_SOURCE", "../shared/data")),
                         help="Raw benchmark folder for the multiple-choice tasks (layout of ../shared/data).")
     args = parser.parse_args()
-    domains, methods = args.domains.split(","), args.methods.split(",")
-    for option, given, allowed in (("--domains", domains, DOMAINS), ("--methods", methods, METHODS),
+    args.domains, args.methods = args.domains.split(","), args.methods.split(",")
+    for option, given, allowed in (("--domains", args.domains, DOMAINS), ("--methods", args.methods, METHODS),
                                    ("--method-lrs", list(args.method_lrs), METHODS)):
         if unknown := [name for name in given if name not in allowed]:
             raise SystemExit(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
     if args.score:
-        check_scoring(domains)
-    then_seeds = [int(s) for s in args.then_seeds.split(",") if s]
-    if then_seeds and (args.best_of or args.extend_edges):
+        check_scoring(args.domains)
+    args.then_seeds = [int(s) for s in args.then_seeds.split(",") if s]
+    if args.then_seeds and (args.best_of or args.extend_edges):
         raise SystemExit("--then-seeds follows a sweep (--lrs / --method-lrs); it cannot be used with --best-of or --extend-edges")
-    done = finished_runs(args.results)
+    return args
+
+
+def planned(args: argparse.Namespace) -> dict[tuple[str, str], set[tuple[float, int]]]:
+    """(domain, method) -> its (rate, seed) runs: a sweep over the grids, or the rates --best-of / --extend-edges choose."""
     grid = [float(x) for x in args.lrs.split(",")]
     chosen = best_rates(args.best_of) if args.best_of else edge_extensions(args.extend_edges) if args.extend_edges else None
+    plan = {}
+    for domain in args.domains:
+        for method in args.methods:
+            rates = args.method_lrs.get(method, grid) if chosen is None else chosen.get((domain, method), [])
+            plan[(domain, method)] = {(lr, int(seed)) for lr in rates for seed in args.seeds.split(",")}
+    return plan
 
-    def job(domain: str, method: str, lr: float, seed: int) -> tuple[str, dict]:
-        key = run_key(domain, method, lr, seed)
-        config = run_config(args.model, args.data_dir, domain, method, lr, seed, args.steps,
-                            args.workdir / "runs" / key.replace("/", "_"), args.template)
-        return key, {**config, **args.override}
 
-    sweeps: dict[tuple[str, str], set[str]] = {}
-    jobs = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for domain in domains:
-            for method in methods:
-                rates = args.method_lrs.get(method, grid) if chosen is None else chosen.get((domain, method), [])
-                for lr in rates:
-                    sweeps.setdefault((domain, method), set()).add(run_key(domain, method, lr, seed))
-                    if run_key(domain, method, lr, seed) not in done:
-                        jobs.append(job(domain, method, lr, seed))
-    submitted = {key for key, _ in jobs}
-    sweep_keys = set().union(*sweeps.values())
+def job(args: argparse.Namespace, domain: str, method: str, lr: float, seed: int) -> tuple[str, dict]:
+    """(run key, LLaMA-Factory config) of one run."""
+    key = run_key(domain, method, lr, seed)
+    config = run_config(args.model, args.data_dir, domain, method, lr, seed, args.steps,
+                        args.workdir / "runs" / key.replace("/", "_"), args.template)
+    return key, {**config, **args.override}
 
-    def follow_ups() -> list[tuple[str, dict]]:
-        """The --then-seeds runs of every sweep that has just finished (not yet queued)."""
-        due = [job(*seed_run) for seed_run in seeds_due(args.results, sweeps, then_seeds)] if then_seeds else []
-        due = [(key, config) for key, config in due if key not in submitted]
-        submitted.update(key for key, _ in due)
-        return due
 
-    jobs += follow_ups()
+def run_all(args: argparse.Namespace, jobs: list[tuple[str, dict]], follow_ups: Callable[[], list[tuple[str, dict]]],
+            scored: Callable[[str], bool]) -> None:
+    """Train the jobs, `--per-gpu` at a time on each GPU, appending each record as it finishes.
+
+    After every finished run, `follow_ups()` may queue more (the --then-seeds runs of a sweep that just ended);
+    `scored(key)` says whether --score scores that run's adapter.
+    """
     args.workdir.mkdir(parents=True, exist_ok=True)
     slots: Queue[str] = Queue()
     for gpu in args.gpus.split(","):
         for _ in range(args.per_gpu):
             slots.put(gpu)
     started, lock = time.time(), Lock()
-    after = f"; seeds {args.then_seeds} follow each sweep at its best rate" if then_seeds else ""
-    print(f"{len(jobs)} runs to do ({len(done)} already done){after}", flush=True)
-
     with ThreadPoolExecutor(max_workers=slots.qsize()) as pool:
         pending: list[Future] = []
 
@@ -275,7 +273,7 @@ def main() -> None:
             gpu = slots.get()
             try:
                 record = train_once(key, config, gpu, args.workdir)
-                if args.score and record["returncode"] == 0 and not (then_seeds and key in sweep_keys):
+                if args.score and record["returncode"] == 0 and scored(key):
                     record["scores"] = score_adapter(key.split("/")[0], config, gpu, args.workdir, args)
             finally:
                 slots.put(gpu)
@@ -289,6 +287,31 @@ def main() -> None:
         pending.extend(pool.submit(work, run) for run in jobs)
         while pending:
             pending.pop().result()
+
+
+def main() -> None:
+    args = parse_args()
+    done = finished_runs(args.results)
+    plan = planned(args)
+    sweeps = {sweep: {run_key(*sweep, lr, seed) for lr, seed in runs} for sweep, runs in plan.items()}
+    runs = sorted((seed, domain, method, lr) for (domain, method), rates in plan.items() for lr, seed in rates)
+    jobs = [job(args, domain, method, lr, seed) for seed, domain, method, lr in runs
+            if run_key(domain, method, lr, seed) not in done]
+    submitted = {key for key, _ in jobs}
+
+    def follow_ups() -> list[tuple[str, dict]]:
+        """The --then-seeds runs of every sweep that has finished, not queued yet."""
+        due = [job(args, *run) for run in seeds_due(args.results, sweeps, args.then_seeds)] if args.then_seeds else []
+        due = [(key, config) for key, config in due if key not in submitted]
+        submitted.update(key for key, _ in due)
+        return due
+
+    jobs += follow_ups()
+    sweep_keys = set().union(*sweeps.values())
+    after = f"; seeds {','.join(map(str, args.then_seeds))} follow each sweep at its best rate" if args.then_seeds else ""
+    print(f"{len(jobs)} runs to do ({len(done)} already done){after}", flush=True)
+    run_all(args, jobs, follow_ups, scored=lambda key: not (args.then_seeds and key in sweep_keys))
+
 
 if __name__ == "__main__":
     main()
