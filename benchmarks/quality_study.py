@@ -230,15 +230,17 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def planned(args: argparse.Namespace) -> dict[tuple[str, str], set[tuple[float, int]]]:
-    """(domain, method) -> its (rate, seed) runs: a sweep over the grids, or the rates --best-of / --extend-edges choose."""
+def planned(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float, int]]]:
+    """(domain, method) -> its (rate, seed) runs in grid order, only where it has any: a sweep over the grids, or
+    the rates --best-of / --extend-edges choose."""
     grid = [float(x) for x in args.lrs.split(",")]
     chosen = best_rates(args.best_of) if args.best_of else edge_extensions(args.extend_edges) if args.extend_edges else None
     plan = {}
     for domain in args.domains:
         for method in args.methods:
             rates = args.method_lrs.get(method, grid) if chosen is None else chosen.get((domain, method), [])
-            plan[(domain, method)] = {(lr, int(seed)) for lr in rates for seed in args.seeds.split(",")}
+            if rates:
+                plan[(domain, method)] = [(lr, int(seed)) for seed in args.seeds.split(",") for lr in rates]
     return plan
 
 
@@ -294,7 +296,9 @@ def main() -> None:
     done = finished_runs(args.results)
     plan = planned(args)
     sweeps = {sweep: {run_key(*sweep, lr, seed) for lr, seed in runs} for sweep, runs in plan.items()}
-    runs = sorted((seed, domain, method, lr) for (domain, method), rates in plan.items() for lr, seed in rates)
+    # seed by seed, each in the order the domains, methods and rates were given (a deadline cuts the last ones)
+    runs = sorted(((seed, domain, method, lr) for (domain, method), rates in plan.items() for lr, seed in rates),
+                  key=lambda run: run[0])
     jobs = [job(args, domain, method, lr, seed) for seed, domain, method, lr in runs
             if run_key(domain, method, lr, seed) not in done]
     submitted = {key for key, _ in jobs}
