@@ -31,7 +31,9 @@ SCORE_TASKS = {"gsm8k": ("gsm8k_mc", "gsm8k"), "fineval": ("fineval",), "medicin
 AIRA = {"finetuning_type": "aira_moe", "bank_lr_scaling": True, "lora_rank": 4, "lora_alpha": 8, "num_A": 2, "num_B": 3, "collaboration": "fully",
         "adapter_compute_dtype": "parameter"}
 WEIGHTS = {"use_activation_aware": True, "activation_aware_mode": "inps"}
-LOD = {"use_layer_wise_rank": True, "rank_budget": 120, "min_rank": 2, "max_rank": 8, "awsvd_collect_steps": 50}
+# LOD's `rank_budget` is not fixed here: quality_study sets it to lora_rank x the model's blocks (SmolLM2's 30: 120;
+# Gemma-3-270M's 18: 72), so that full mode has the other methods' parameters on either model.
+LOD = {"use_layer_wise_rank": True, "min_rank": 2, "max_rank": 8, "awsvd_collect_steps": 50}
 AWSVD = {"use_awsvd_init": True, "awsvd_collect_steps": 50, "awsvd_lr_ratio": 1.0}
 FULL = {**WEIGHTS, **LOD, **AWSVD}
 UNSCALED = {"bank_lr_scaling": False}

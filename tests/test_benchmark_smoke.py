@@ -53,6 +53,23 @@ def _quality_record(key: str, eval_loss: float) -> str:
     return json.dumps({"key": key, "returncode": 0, "eval_loss": eval_loss})
 
 
+def test_quality_study_budgets_lod_ranks_by_the_models_blocks(tmp_path, monkeypatch):
+    """Full mode keeps the other methods' parameters on any model: its budget is lora_rank per block, read from the
+    model's config (flat, or nested under text_config), not SmolLM2's 120."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from quality_study import run_config
+
+    def config(method: str, model_config: dict) -> dict:
+        model = tmp_path / str(len(list(tmp_path.iterdir())))
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps(model_config))
+        return run_config(str(model), "data", "gsm8k", method, 1e-3, 0, 10, tmp_path / "out")
+
+    assert config("aira_full_learned", {"num_hidden_layers": 18})["rank_budget"] == 4 * 18
+    assert config("aira_basic_lod", {"text_config": {"num_hidden_layers": 30}})["rank_budget"] == 120
+    assert "rank_budget" not in config("aira_basic", {"num_hidden_layers": 18})
+
+
 def test_quality_study_extends_the_grid_beyond_an_edge_optimum(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from quality_study import best_rates, edge_extensions
