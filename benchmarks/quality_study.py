@@ -140,7 +140,7 @@ def train_once(key: str, config: dict, gpu: str, workdir: Path) -> dict:
     result = subprocess.run(["llamafactory-cli", "train", str(config_path)], env=env, capture_output=True, text=True)
     log = result.stdout + result.stderr
     (workdir / f"{name}.log").write_text(log)
-    record = {"key": key, "returncode": result.returncode, "wall_s": round(time.time() - started, 1)}
+    record = {"key": key, "returncode": result.returncode, "wall_s": round(time.time() - started, 1), **run_identity(config)}
     results = Path(config["output_dir"]) / "all_results.json"
     if results.is_file():
         record.update(json.loads(results.read_text()))
@@ -156,6 +156,24 @@ def train_once(key: str, config: dict, gpu: str, workdir: Path) -> dict:
     if result.returncode != 0:
         record["error"] = log[-1500:]
     return record
+
+
+def run_identity(config: dict) -> dict:
+    """What a run key does not say but a resumed study must match: the model (by folder name) and the steps."""
+    return {"model": Path(config["model_name_or_path"]).name, "steps": config["max_steps"]}
+
+
+def check_same_study(results: Path, identity: dict) -> None:
+    """Refuse to resume from runs of another model or length: their keys would match and be skipped as done
+    (a 40-step probe taken for a 200-step run). Records from before these fields were written say nothing."""
+    if not results.is_file():
+        return
+    for line in filter(str.strip, results.read_text().splitlines()):
+        record = json.loads(line)
+        for field, wanted in identity.items():
+            if field in record and record[field] != wanted:
+                raise SystemExit(f"--results {results}: run {record['key']} has {field} {record[field]!r}, this study "
+                                 f"{wanted!r}; give runs of another {field} their own results file")
 
 
 def finished_runs(results: Path) -> set[str]:
@@ -307,6 +325,7 @@ def run_all(args: argparse.Namespace, jobs: list[tuple[str, dict]], follow_ups: 
 
 def main() -> None:
     args = parse_args()
+    check_same_study(args.results, {"model": Path(args.model).name, "steps": args.steps})
     done = finished_runs(args.results)
     plan = planned(args)
     sweeps = {sweep: {run_key(*sweep, lr, seed) for lr, seed in runs} for sweep, runs in plan.items()}

@@ -160,6 +160,34 @@ def test_quality_study_refuses_bad_input_before_training(tmp_path, monkeypatch):
     assert not (tmp_path / "r.jsonl").exists() and not (tmp_path / "work").exists()
 
 
+def test_quality_study_never_resumes_from_runs_of_another_length_or_model(tmp_path, monkeypatch):
+    """A run key names domain, method, rate and seed only: a 40-step probe or another model's run in the results
+    file would be skipped as done, so the study refuses it (records without the fields, from before, still count)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import quality_study
+
+    results = tmp_path / "r.jsonl"
+    probe = {"key": "gsm8k/lora/lr0.001/seed0", "returncode": 0, "eval_loss": 0.8, "model": "gemma-3-270m", "steps": 40}
+    results.write_text(_quality_record("gsm8k/lora/lr0.002/seed0", 0.7) + "\n" + json.dumps(probe) + "\n")
+    trained = []
+    monkeypatch.setattr(quality_study, "train_once", lambda key, config, *_: trained.append(key) or
+                        {"key": key, "returncode": 0, "eval_loss": 0.5, **quality_study.run_identity(config)})
+
+    def study(model: str, steps: str) -> None:
+        monkeypatch.setattr("sys.argv", ["quality_study.py", "--model", model, "--results", str(results), "--workdir",
+                                         str(tmp_path / "work"), "--domains", "gsm8k", "--methods", "lora",
+                                         "--lrs", "1e-3,2e-3,4e-3", "--steps", steps])
+        quality_study.main()
+
+    with pytest.raises(SystemExit, match="has steps 40, this study 200"):
+        study("/models/gemma-3-270m", "200")
+    with pytest.raises(SystemExit, match="has model 'gemma-3-270m', this study 'SmolLM2-135M-Instruct'"):
+        study("/models/SmolLM2-135M-Instruct", "40")
+    assert trained == []
+    study("/models/gemma-3-270m", "40")
+    assert trained == ["gsm8k/lora/lr0.004/seed0"]
+
+
 def test_quality_report_chooses_the_rate_on_the_sweep_seed(tmp_path, monkeypatch):
     """Extra seeds at the chosen rate must not move the choice to a rate that ran once."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
