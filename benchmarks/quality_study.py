@@ -325,7 +325,8 @@ def run_all(args: argparse.Namespace, jobs: list[tuple[str, dict]], follow_ups: 
 
 def main() -> None:
     args = parse_args()
-    check_same_study(args.results, {"model": Path(args.model).name, "steps": args.steps})
+    # the identity every job's config will have: --override may set max_steps (CPU smoke runs) or the model
+    check_same_study(args.results, run_identity({"model_name_or_path": args.model, "max_steps": args.steps, **args.override}))
     done = finished_runs(args.results)
     plan = planned(args)
     sweeps = {sweep: {run_key(*sweep, lr, seed) for lr, seed in runs} for sweep, runs in plan.items()}

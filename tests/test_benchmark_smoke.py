@@ -173,10 +173,10 @@ def test_quality_study_never_resumes_from_runs_of_another_length_or_model(tmp_pa
     monkeypatch.setattr(quality_study, "train_once", lambda key, config, *_: trained.append(key) or
                         {"key": key, "returncode": 0, "eval_loss": 0.5, **quality_study.run_identity(config)})
 
-    def study(model: str, steps: str) -> None:
+    def study(model: str, steps: str, *options: str) -> None:
         monkeypatch.setattr("sys.argv", ["quality_study.py", "--model", model, "--results", str(results), "--workdir",
                                          str(tmp_path / "work"), "--domains", "gsm8k", "--methods", "lora",
-                                         "--lrs", "1e-3,2e-3,4e-3", "--steps", steps])
+                                         "--lrs", "1e-3,2e-3,4e-3", "--steps", steps, *options])
         quality_study.main()
 
     with pytest.raises(SystemExit, match="has steps 40, this study 200"):
@@ -185,6 +185,8 @@ def test_quality_study_never_resumes_from_runs_of_another_length_or_model(tmp_pa
         study("/models/SmolLM2-135M-Instruct", "40")
     assert trained == []
     study("/models/gemma-3-270m", "40")
+    assert trained == ["gsm8k/lora/lr0.004/seed0"]
+    study("/models/gemma-3-270m", "200", "--override", '{"max_steps": 40}')  # the steps its configs will have
     assert trained == ["gsm8k/lora/lr0.004/seed0"]
 
 
