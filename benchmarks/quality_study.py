@@ -344,7 +344,8 @@ def main() -> None:
         submitted.update(key for key, _ in due)
         return due
 
-    jobs += follow_ups()
+    # seeds whose sweep finished in an earlier call go first: a resumed study completes what it can before sweeping on
+    jobs = follow_ups() + jobs
     sweep_keys = set().union(*sweeps.values())
     after = f"; seeds {','.join(map(str, args.then_seeds))} follow each sweep at its best rate" if args.then_seeds else ""
     print(f"{len(jobs)} runs to do ({len(done)} already done){after}", flush=True)

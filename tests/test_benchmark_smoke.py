@@ -101,15 +101,18 @@ def test_quality_study_resume_retries_failed_runs(tmp_path, monkeypatch):
 
 def test_quality_study_runs_the_extra_seeds_once_each_sweep_has_finished(tmp_path, monkeypatch):
     """--then-seeds: each method's seeds at the rate its own sweep chose, queued as that sweep completes (a sweep
-    finished in an earlier call counts; one with a failed run gets no seeds until resume has redone it); --score
-    then scores those seeds' adapters only."""
+    finished in an earlier call counts, and its seeds go before any new sweep run; one with a failed run gets no seeds
+    until resume has redone it); --score then scores those seeds' adapters only."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import quality_study
 
     losses = {("lora", 1e-3): 0.9, ("lora", 2e-3): 0.7, ("lora", 4e-3): 0.8,
               ("pissa", 1e-3): 0.6, ("pissa", 2e-3): 0.65, ("pissa", 4e-3): 0.7}
 
+    trained = []
+
     def train_once(key, config, gpu, workdir):
+        trained.append(key)
         _, method, _, seed = key.split("/")
         failed = method == "aira_basic" and config["learning_rate"] == 4e-3
         return {"key": key, "returncode": int(failed), "eval_loss": losses.get((method, config["learning_rate"]), 0.5)
@@ -130,6 +133,7 @@ def test_quality_study_runs_the_extra_seeds_once_each_sweep_has_finished(tmp_pat
     assert sorted(record["key"] for record in records if "scores" in record) == seeds  # the sweep only chooses
     assert seeds == ["gsm8k/lora/lr0.002/seed1", "gsm8k/lora/lr0.002/seed2",
                      "gsm8k/pissa/lr0.001/seed1", "gsm8k/pissa/lr0.001/seed2"]
+    assert set(trained[:2]) == {key for key in seeds if "/pissa/" in key}  # its sweep was done: its seeds start first
     lora_sweep = [keys.index(f"gsm8k/lora/lr{lr:g}/seed0") for lr in (1e-3, 2e-3, 4e-3)]
     assert min(keys.index(key) for key in seeds if "/lora/" in key) > max(lora_sweep)
     assert len(keys) == len(set(keys)) and sum("/aira_basic/" in key for key in keys) == 3
