@@ -6,6 +6,10 @@
 # Needs .whl/ (wheel set incl. gguf), .gpu_parts/ and the prepared data/ (aira-moe prepare-data).
 # MODEL=gemma3 trains Gemma-3-270M instead (template gemma), from its five wheels in $GEMMA_WHEELS
 # (about 61 MB each: one per call).
+# DETACH=N starts the study in its own process session, which outlives the call (the machine keeps it while it
+# stays warm), with its results in $STUDY_DIR (default /tmp/quality), and returns after at most N seconds with
+# the results so far in $OUT; each later call runs `bash benchmarks/quality_poll.sh N` back to back. No slot then
+# waits for a call's slowest run, and no run is cut by the call's time limit.
 set -euo pipefail
 # shellcheck source=benchmarks/gpu_setup.sh
 source benchmarks/gpu_setup.sh
@@ -27,11 +31,25 @@ gemma3() {
     python3 -c "from aira_moe.gemma3 import gemma3_checkpoint; print(gemma3_checkpoint())" | tail -1
 }
 
+export STUDY_DIR="${STUDY_DIR:-/tmp/quality}"
+results="$OUT/quality.jsonl"
+if [[ -n "${DETACH:-}" ]]; then
+    mkdir -p "${STUDY_DIR}"
+    results="${STUDY_DIR}/quality.jsonl"
+fi
 if [[ -n "${RESUME:-}" ]]; then
-    cp "${RESUME}" "$OUT/quality.jsonl"
+    cp "${RESUME}" "${results}"
 fi
 if [[ "${MODEL:-smollm2}" == gemma3 ]]; then
-    python3 benchmarks/quality_study.py --model "$(gemma3)" --template gemma --results "$OUT/quality.jsonl" "$@"
+    study=(python3 benchmarks/quality_study.py --model "$(gemma3)" --template gemma --results "${results}" "$@")
 else
-    python3 benchmarks/quality_study.py --model "$(smollm2)" --results "$OUT/quality.jsonl" "$@"
+    study=(python3 benchmarks/quality_study.py --model "$(smollm2)" --results "${results}" "$@")
 fi
+if [[ -z "${DETACH:-}" ]]; then
+    exec "${study[@]}"
+fi
+setsid nohup "${study[@]}" > "${STUDY_DIR}/log" 2>&1 < /dev/null &
+echo $! > "${STUDY_DIR}/pid"
+setsid nohup nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 1000 \
+    > "${STUDY_DIR}/memory" 2>/dev/null < /dev/null &
+exec bash benchmarks/quality_poll.sh "${DETACH}"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import REPO, SHARED_DATA, run_python
@@ -390,6 +392,7 @@ def test_cli_benchmark_configs_are_accepted_by_llamafactory(tmp_path, monkeypatc
     (tmp_path / "configs.json").write_text(json.dumps(configs, default=str))
     output = run_python(f"""
 import json
+import os
 from llamafactory.hparams import get_train_args
 for name, config in json.load(open({str(tmp_path / 'configs.json')!r})).items():
     model_args, _, training_args, finetuning_args, _ = get_train_args(config)
@@ -399,3 +402,37 @@ for name, config in json.load(open({str(tmp_path / 'configs.json')!r})).items():
     assert "llama-3.1-8b/aira_full/4 aira_moe 4 True 256" in output and "llama-3.2-3b/aira_full/None aira_moe None True 224" in output
     assert output.count(" lora ") == 8 and output.count(" aira_moe ") == 16  # lora and floor, 4 aira_moe runs
     assert "llama-3.1-8b/floor/None lora None" in output
+
+
+def test_quality_poll_returns_as_soon_as_the_detached_study_has_finished(tmp_path):
+    """The GPU machine's calls poll a study that outlives them: a poll must hand back the results so far at once
+    when the study is done (an exited, unreaped process counts as done) and say so while it still runs."""
+    study_dir, out = tmp_path / "study", tmp_path / "out"
+    study_dir.mkdir()
+    out.mkdir()
+    (study_dir / "quality.jsonl").write_text(_quality_record("law/lora/lr0.0032/seed1", 0.61) + "\n")
+    (study_dir / "log").write_text("1 runs to do (0 already done)\n[   300 s] law/lora/lr0.0032/seed1: eval_loss=0.61 rc=0\n")
+    (study_dir / "memory").write_text("900\n87000\n1200\n")
+    env = {**os.environ, "OUT": str(out), "STUDY_DIR": str(study_dir)}
+
+    def poll(study: subprocess.Popen, wait_s: int) -> tuple[str, float]:
+        (study_dir / "pid").write_text(f"{study.pid}\n")
+        started = time.monotonic()
+        done = subprocess.run(["bash", str(REPO / "benchmarks" / "quality_poll.sh"), str(wait_s)], env=env,
+                              capture_output=True, text=True, check=True)
+        return done.stdout, time.monotonic() - started
+
+    quick = subprocess.Popen(["sleep", "1"])
+    time.sleep(1.5)  # exited, not reaped: a zombie
+    printed, waited = poll(quick, 120)
+    assert waited < 60 and "study finished: 1 runs" in printed and "peak GPU memory 87000 MiB" in printed
+    assert "law/lora/lr0.0032/seed1: eval_loss=0.61" in printed
+    assert (out / "quality.jsonl").read_text() == (study_dir / "quality.jsonl").read_text()
+    quick.wait()
+    slow = subprocess.Popen(["sleep", "60"])
+    try:
+        printed, waited = poll(slow, 1)
+    finally:
+        slow.kill()
+        slow.wait()
+    assert "study still running" in printed and waited < 30
