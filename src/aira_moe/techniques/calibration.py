@@ -152,6 +152,7 @@ def collect_statistics(
     accumulator = _Accumulator(modules)
     was_training = model.training
     model.eval()
+    keep_4bit_layers_trainable(model)
     started = time.time()
     try:
         accumulator.run(model, mine, show_progress and rank == 0, batches[0], extra_forwards)
@@ -163,6 +164,19 @@ def collect_statistics(
         f"in {time.time() - started:.1f} s."
     )
     return stats
+
+
+def keep_4bit_layers_trainable(model: nn.Module) -> None:
+    """Leave bitsandbytes' 4-bit layers in training mode while the rest of `model` is in eval mode.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a `Linear4bit`'s weight into an inference-only layout
+    on its first eval-mode forward without grad, and every later forward, in training too, passes no gradient
+    through it: a calibration pass would leave a 4-bit base that trains none of its adapters. The layer has no
+    dropout, so its training flag changes nothing else; `model.train(...)` resets it.
+    """
+    for module in model.modules():
+        if type(module).__name__ == "Linear4bit":
+            module.training = True
 
 
 def fingerprint_batches(batches: Iterable[Batch]) -> str:
