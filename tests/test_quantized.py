@@ -41,16 +41,10 @@ def load(model_dir: Path, bits: int | None):
 @torch.no_grad()
 def logits(model) -> torch.Tensor:
     """The model's logits in eval mode, as calibration runs it (4-bit layers kept from their inference-only repacking)."""
-    from aira_moe.techniques.calibration import keep_4bit_layers_trainable
+    from aira_moe.techniques.calibration import calibration_mode
 
-    was_training = model.training
-    model.eval()
-    keep_4bit_layers_trainable(model)
-    try:
-        with torch.no_grad():
-            return model(TOKENS).logits
-    finally:
-        model.train(was_training)
+    with calibration_mode(model):
+        return model(TOKENS).logits
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,14 +151,9 @@ def collect_statistics(
     mine = list(shard(batches, rank, holders))
     extra_forwards = -(-len(batches) // len(holders)) - len(mine) if weights_partitioned() else 0
     accumulator = _Accumulator(modules)
-    was_training = model.training
-    model.eval()
-    keep_4bit_layers_trainable(model)
     started = time.time()
-    try:
+    with calibration_mode(model):
         accumulator.run(model, mine, show_progress and rank == 0, batches[0], extra_forwards)
-    finally:
-        model.train(was_training)
     stats = accumulator.statistics()
     info_main(
         f"Calibration: {len(batches)} batches, {next(iter(stats.values())).tokens} tokens, {len(modules)} layers "
@@ -166,17 +162,24 @@ def collect_statistics(
     return stats
 
 
-def keep_4bit_layers_trainable(model: nn.Module) -> None:
-    """Leave bitsandbytes' 4-bit layers in training mode while the rest of `model` is in eval mode.
+@contextmanager
+def calibration_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for reading statistics, except bitsandbytes' 4-bit layers, which stay in training mode.
 
     On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a `Linear4bit`'s weight into an inference-only layout
     on its first eval-mode forward without grad, and every later forward, in training too, passes no gradient
     through it: a calibration pass would leave a 4-bit base that trains none of its adapters. The layer has no
-    dropout, so its training flag changes nothing else; `model.train(...)` resets it.
+    dropout, so its training flag changes nothing else. The model's own mode comes back afterwards.
     """
+    was_training = model.training
+    model.eval()
     for module in model.modules():
         if type(module).__name__ == "Linear4bit":
             module.training = True
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def fingerprint_batches(batches: Iterable[Batch]) -> str:
