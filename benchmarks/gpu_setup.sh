@@ -14,8 +14,9 @@ export PYTHONPATH="/tmp/site:$PWD/src" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFER
 export DISABLE_VERSION_CHECK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 cp src/aira_moe.pth "$(python3 -c 'import site; print(site.getsitepackages()[0])')/"
 
-# Log every GPU's used memory twice a second into $1 until the returned PID is killed.
+# Log every GPU's used memory twice a second into $1 until the returned PID is killed (in its own session, so
+# that it also outlives the call of a detached study).
 gpu_memory_logger() {
-    nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "$1" &
+    setsid nohup nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "$1" 2>/dev/null < /dev/null &
     echo $!
 }

@@ -50,6 +50,5 @@ if [[ -z "${DETACH:-}" ]]; then
 fi
 setsid nohup "${study[@]}" > "${STUDY_DIR}/log" 2>&1 < /dev/null &
 echo $! > "${STUDY_DIR}/pid"
-setsid nohup nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 1000 \
-    > "${STUDY_DIR}/memory" 2>/dev/null < /dev/null &
+gpu_memory_logger "${STUDY_DIR}/memory" > /dev/null
 exec bash benchmarks/quality_poll.sh "${DETACH}"

@@ -14,6 +14,7 @@ while running && ((SECONDS < deadline)); do
 done
 cp "${dir}/quality.jsonl" "${dir}/log" "$OUT/"
 if running; then state="still running"; else state="finished"; fi
-peak="$(sort -n "${dir}/memory" 2>/dev/null | tail -1)"
+# gpu_memory_logger's lines: "index, MiB used"
+peak="$(awk -F', *' '{print $NF}' "${dir}/memory" 2>/dev/null | sort -n | tail -1)"
 echo "study ${state}: $(wc -l < "${dir}/quality.jsonl") runs in ${dir}/quality.jsonl; peak GPU memory ${peak:-?} MiB"
 grep -E "runs to do|eval_loss=|Error" "${dir}/log" | tail -30 || true

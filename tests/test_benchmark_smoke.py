@@ -392,7 +392,6 @@ def test_cli_benchmark_configs_are_accepted_by_llamafactory(tmp_path, monkeypatc
     (tmp_path / "configs.json").write_text(json.dumps(configs, default=str))
     output = run_python(f"""
 import json
-import os
 from llamafactory.hparams import get_train_args
 for name, config in json.load(open({str(tmp_path / 'configs.json')!r})).items():
     model_args, _, training_args, finetuning_args, _ = get_train_args(config)
@@ -412,7 +411,7 @@ def test_quality_poll_returns_as_soon_as_the_detached_study_has_finished(tmp_pat
     out.mkdir()
     (study_dir / "quality.jsonl").write_text(_quality_record("law/lora/lr0.0032/seed1", 0.61) + "\n")
     (study_dir / "log").write_text("1 runs to do (0 already done)\n[   300 s] law/lora/lr0.0032/seed1: eval_loss=0.61 rc=0\n")
-    (study_dir / "memory").write_text("900\n87000\n1200\n")
+    (study_dir / "memory").write_text("0, 900\n0, 87000\n0, 1200\n")
     env = {**os.environ, "OUT": str(out), "STUDY_DIR": str(study_dir)}
 
     def poll(study: subprocess.Popen, wait_s: int) -> tuple[str, float]:
