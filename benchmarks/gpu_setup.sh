@@ -3,11 +3,17 @@
 # LLaMA-Factory (.whl/) into /tmp/site, puts this checkout's package on the path and installs the
 # activation hook (aira_moe.pth), so that worker processes started by torchrun get it too.
 : "${OUT:?set OUT to the results folder}"
-# a later call on the same warm machine need not carry .whl/ again: /tmp/site is still installed then
+# a later call on the same warm machine need not carry .whl/ again: /tmp/site is still installed then.
+# --upgrade: without it pip keeps an existing /tmp/site/bin (left by wheels installed there before, the
+# scoring set say) and silently leaves llamafactory-cli out.
 if [[ -d .whl ]]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 elif [[ ! -d /tmp/site/llamafactory ]]; then
     echo "gpu_setup.sh: carry .whl/ (no wheel set here and none installed in /tmp/site)" >&2
+    exit 1
+fi
+if [[ ! -x /tmp/site/bin/llamafactory-cli ]]; then
+    echo "gpu_setup.sh: /tmp/site has no bin/llamafactory-cli; carry .whl/ again to reinstall it" >&2
     exit 1
 fi
 export PYTHONPATH="/tmp/site:$PWD/src" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1
