@@ -8,12 +8,9 @@
 # scoring set say) and silently leaves llamafactory-cli out.
 if [[ -d .whl ]]; then
     python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-elif [[ ! -d /tmp/site/llamafactory ]]; then
-    echo "gpu_setup.sh: carry .whl/ (no wheel set here and none installed in /tmp/site)" >&2
-    exit 1
 fi
-if [[ ! -x /tmp/site/bin/llamafactory-cli ]]; then
-    echo "gpu_setup.sh: /tmp/site has no bin/llamafactory-cli; carry .whl/ again to reinstall it" >&2
+if [[ ! -d /tmp/site/llamafactory || ! -x /tmp/site/bin/llamafactory-cli ]]; then
+    echo "gpu_setup.sh: carry .whl/ (no wheel set here, and /tmp/site lacks llamafactory or bin/llamafactory-cli)" >&2
     exit 1
 fi
 export PYTHONPATH="/tmp/site:$PWD/src" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1
