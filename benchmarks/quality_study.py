@@ -231,6 +231,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lrs", default="1e-4,4e-4,1.6e-3")
     parser.add_argument("--method-lrs", type=json.loads, default={},
                         help='JSON {"method": [rates]}: these methods swept on their own grid instead of --lrs.')
+    parser.add_argument("--domain-lr-scale", type=json.loads, default={},
+                        help='JSON {"domain": factor}: that domain\'s grids (--lrs and --method-lrs) times the factor, so '
+                             'domains whose optima differ (FinEval-en\'s sit 16x below GSM8K\'s) sweep in one study.')
     parser.add_argument("--best-of", type=Path, help="Instead of --lrs: each domain and method at its best rate in this results file (for more seeds).")
     parser.add_argument("--extend-edges", type=Path, help="Instead of --lrs: one rate beyond the grid for each domain and method whose best rate in this results file is at the grid's edge.")
     parser.add_argument("--seeds", default="0")
@@ -251,9 +254,13 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     args.domains, args.methods = args.domains.split(","), args.methods.split(",")
     for option, given, allowed in (("--domains", args.domains, DOMAINS), ("--methods", args.methods, METHODS),
-                                   ("--method-lrs", list(args.method_lrs), METHODS)):
+                                   ("--method-lrs", list(args.method_lrs), METHODS),
+                                   ("--domain-lr-scale", list(args.domain_lr_scale), DOMAINS)):
         if unknown := [name for name in given if name not in allowed]:
             raise SystemExit(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+    if bad := {domain: factor for domain, factor in args.domain_lr_scale.items()
+               if not isinstance(factor, (int, float)) or factor <= 0}:
+        raise SystemExit(f"--domain-lr-scale: {json.dumps(bad)} is not a positive number")
     if args.score:
         check_scoring(args.domains)
     args.then_seeds = [int(s) for s in args.then_seeds.split(",") if s]
@@ -270,7 +277,11 @@ def planned(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float,
     plan = {}
     for domain in args.domains:
         for method in args.methods:
-            rates = args.method_lrs.get(method, grid) if chosen is None else chosen.get((domain, method), [])
+            if chosen is None:
+                scale = args.domain_lr_scale.get(domain, 1)
+                rates = [lr * scale for lr in args.method_lrs.get(method, grid)]
+            else:
+                rates = chosen.get((domain, method), [])
             if rates:
                 plan[(domain, method)] = [(lr, int(seed)) for seed in args.seeds.split(",") for lr in rates]
     return plan

@@ -90,6 +90,23 @@ def test_quality_study_extends_the_grid_beyond_an_edge_optimum(tmp_path, monkeyp
     assert best_rates(results)[("medicine", "lora")] == [4e-4]
 
 
+def test_quality_study_scales_a_domains_grids_so_two_domains_sweep_in_one_study(tmp_path, monkeypatch):
+    """FinEval-en's grids sit 16x below GSM8K's: scaled, they give the very rates (and run keys) it ran on alone."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import quality_study
+
+    monkeypatch.setattr("sys.argv", ["quality_study.py", "--model", "m", "--results", str(tmp_path / "r.jsonl"),
+                                     "--domains", "gsm8k,fineval", "--methods", "lora,pissa",
+                                     "--lrs", "1.6e-3,3.2e-3,6.4e-3,1.28e-2", "--method-lrs", '{"pissa": [4e-4, 3.2e-3]}',
+                                     "--domain-lr-scale", '{"fineval": 0.0625}'])
+    plan = quality_study.planned(quality_study.parse_args())
+    keys = {sweep: [quality_study.run_key(*sweep, lr, seed) for lr, seed in runs] for sweep, runs in plan.items()}
+    assert keys[("gsm8k", "lora")][0] == "gsm8k/lora/lr0.0016/seed0"
+    assert keys[("fineval", "lora")] == [f"fineval/lora/lr{lr}/seed0" for lr in ("0.0001", "0.0002", "0.0004", "0.0008")]
+    assert keys[("fineval", "pissa")] == ["fineval/pissa/lr2.5e-05/seed0", "fineval/pissa/lr0.0002/seed0"]
+    assert [lr for lr, _ in plan[("fineval", "lora")]] == [1e-4, 2e-4, 4e-4, 8e-4]  # the same floats, not near them
+
+
 def test_quality_study_resume_retries_failed_runs(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from quality_study import finished_runs
@@ -159,6 +176,8 @@ def test_quality_study_refuses_bad_input_before_training(tmp_path, monkeypatch):
 
     assert "--domains: unknown lawz; choose from gsm8k" in study("--domains", "gsm8k,lawz")
     assert "--methods: unknown dora; choose from lora" in study("--methods", "lora,dora")
+    assert "--domain-lr-scale: unknown lawz; choose from gsm8k" in study("--domain-lr-scale", '{"lawz": 2}')
+    assert '--domain-lr-scale: {"law": 0} is not a positive number' in study("--domain-lr-scale", '{"law": 0}')
     assert "--then-seeds follows a sweep" in study("--best-of", str(tmp_path / "b.jsonl"), "--then-seeds", "1")
     monkeypatch.setitem(TASKS, "medicine", replace(TASKS["medicine"], requires={"no_such_metric": "no-such"}))
     assert "--score: task medicine of domain medicine needs the Python module(s) no_such_metric" in study(
