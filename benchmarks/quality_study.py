@@ -276,12 +276,10 @@ def planned(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float,
     chosen = best_rates(args.best_of) if args.best_of else edge_extensions(args.extend_edges) if args.extend_edges else None
     plan = {}
     for domain in args.domains:
+        scale = args.domain_lr_scale.get(domain, 1)
         for method in args.methods:
-            if chosen is None:
-                scale = args.domain_lr_scale.get(domain, 1)
-                rates = [lr * scale for lr in args.method_lrs.get(method, grid)]
-            else:
-                rates = chosen.get((domain, method), [])
+            rates = ([lr * scale for lr in args.method_lrs.get(method, grid)] if chosen is None
+                     else chosen.get((domain, method), []))
             if rates:
                 plan[(domain, method)] = [(lr, int(seed)) for seed in args.seeds.split(",") for lr in rates]
     return plan
