@@ -7,8 +7,9 @@
 # MODEL=gemma3 trains Gemma-3-270M instead (template gemma), from its five wheels in $GEMMA_WHEELS
 # (about 61 MB each: one per call).
 # DETACH=N starts the study in its own process session, which outlives the call (the machine keeps it while it
-# stays warm), with its results in $STUDY_DIR (default /tmp/quality), and returns after at most N seconds with
-# the results so far in $OUT; each later call runs `bash benchmarks/quality_poll.sh N` back to back. No slot then
+# stays warm), with its results in $STUDY_DIR (default /tmp/quality), and returns at most N seconds after the call
+# began (the set-up counts: converting Gemma-3-270M took over a minute, and a call of 540 s of polling after it ran
+# into the 600 s limit and brought nothing back), with the results so far in $OUT; each later call runs `bash benchmarks/quality_poll.sh N` back to back. No slot then
 # waits for a call's slowest run, and no run is cut by the call's time limit.
 set -euo pipefail
 # shellcheck source=benchmarks/gpu_setup.sh
@@ -51,4 +52,4 @@ fi
 setsid nohup "${study[@]}" > "${STUDY_DIR}/log" 2>&1 < /dev/null &
 echo $! > "${STUDY_DIR}/pid"
 gpu_memory_logger "${STUDY_DIR}/memory" > /dev/null
-exec bash benchmarks/quality_poll.sh "${DETACH}"
+exec bash benchmarks/quality_poll.sh "$((DETACH > SECONDS ? DETACH - SECONDS : 1))"
