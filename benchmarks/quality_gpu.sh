@@ -9,8 +9,9 @@
 # DETACH=N starts the study in its own process session, which outlives the call (the machine keeps it while it
 # stays warm), with its results in $STUDY_DIR (default /tmp/quality), and returns at most N seconds after the call
 # began (the set-up counts: converting Gemma-3-270M took over a minute, and a call of 540 s of polling after it ran
-# into the 600 s limit and brought nothing back), with the results so far in $OUT; each later call runs `bash benchmarks/quality_poll.sh N` back to back. No slot then
-# waits for a call's slowest run, and no run is cut by the call's time limit.
+# into the 600 s limit and brought nothing back), with the results so far in $OUT; each later call runs
+# `bash benchmarks/quality_poll.sh N` back to back. No slot then waits for a call's slowest run, and no run is cut
+# by the call's time limit.
 set -euo pipefail
 # shellcheck source=benchmarks/gpu_setup.sh
 source benchmarks/gpu_setup.sh
