@@ -6,7 +6,8 @@ reference answers of the domain's held-out split, `eval_loss`).
 Runs are independent processes spread over the GPUs (several per GPU: the model is small); every
 finished run is appended to the results file at once, and runs already there are skipped, so an
 interrupted study resumes where it stopped. With --then-seeds, each method's extra seeds are queued at
-its best rate as soon as its sweep has finished, so a sweep and its seeds fit in one call.
+its best rate as soon as its sweep has finished, ahead of the runs still waiting, so a sweep and its seeds fit
+in one call.
 
     python benchmarks/quality_study.py --model SMOLLM2_DIR --results results.jsonl \
         --domains gsm8k,fineval --lrs 1e-4,4e-4,1.6e-3 --seeds 0 --then-seeds 1,2 --gpus 0,1 --per-gpu 7
@@ -21,11 +22,11 @@ import re
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from queue import Queue
-from threading import Lock
+from threading import Condition
 
 from quality_grid import DOMAINS, METHODS, SCORE_TASKS
 
@@ -297,39 +298,49 @@ def run_all(args: argparse.Namespace, jobs: list[tuple[str, dict]], follow_ups: 
             scored: Callable[[str], bool]) -> None:
     """Train the jobs, `--per-gpu` at a time on each GPU, appending each record as it finishes.
 
-    After every finished run, `follow_ups()` may queue more (the --then-seeds runs of a sweep that just ended);
-    `scored(key)` says whether --score scores that run's adapter.
+    After every finished run, `follow_ups()` may queue more (the --then-seeds runs of a sweep that just ended); they
+    go ahead of the runs still waiting, so that a domain's seeds finish before later sweeps take the slots (a
+    deadline then cuts sweeps, not the seeds of sweeps already done). `scored(key)` says whether --score scores that
+    run's adapter.
     """
     args.workdir.mkdir(parents=True, exist_ok=True)
-    slots: Queue[str] = Queue()
-    for gpu in args.gpus.split(","):
-        for _ in range(args.per_gpu):
-            slots.put(gpu)
-    started, lock = time.time(), Lock()
-    with ThreadPoolExecutor(max_workers=slots.qsize()) as pool:
-        pending: list[Future] = []
+    slots = [gpu for gpu in args.gpus.split(",") for _ in range(args.per_gpu)]
+    waiting, started, changed = deque(jobs), time.time(), Condition()
+    in_flight = 0
 
-        def work(run: tuple[str, dict]) -> None:
+    def next_run() -> tuple[str, dict] | None:
+        """The next run to start, waiting while runs in flight may still queue follow-ups; None once there is none."""
+        nonlocal in_flight
+        with changed:
+            changed.wait_for(lambda: waiting or not in_flight)
+            if not waiting or (args.deadline_s is not None and time.time() - started > args.deadline_s):
+                return None
+            in_flight += 1
+            return waiting.popleft()
+
+    def work(gpu: str) -> None:
+        nonlocal in_flight
+        while (run := next_run()) is not None:
             key, config = run
-            if args.deadline_s is not None and time.time() - started > args.deadline_s:
-                return
-            gpu = slots.get()
+            record = None
             try:
                 record = train_once(key, config, gpu, args.workdir)
                 if args.score and record["returncode"] == 0 and scored(key):
                     record["scores"] = score_adapter(key.split("/")[0], config, gpu, args.workdir, args)
             finally:
-                slots.put(gpu)
-            with lock:
-                with args.results.open("a") as out:
-                    out.write(json.dumps(record) + "\n")
-                print(f"[{time.time() - started:6.0f} s] {key}: eval_loss={record.get('eval_loss')} rc={record['returncode']}", flush=True)
-                # queued before this run's future completes, so the loop below never stops early
-                pending.extend(pool.submit(work, follow_up) for follow_up in follow_ups())
+                with changed:
+                    in_flight -= 1
+                    if record is not None:
+                        with args.results.open("a") as out:
+                            out.write(json.dumps(record) + "\n")
+                        print(f"[{time.time() - started:6.0f} s] {key}: eval_loss={record.get('eval_loss')} "
+                              f"rc={record['returncode']}", flush=True)
+                        waiting.extendleft(reversed(follow_ups()))
+                    changed.notify_all()
 
-        pending.extend(pool.submit(work, run) for run in jobs)
-        while pending:
-            pending.pop().result()
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        for worker in [pool.submit(work, gpu) for gpu in slots]:
+            worker.result()
 
 
 def main() -> None:

@@ -158,6 +158,26 @@ def test_quality_study_runs_the_extra_seeds_once_each_sweep_has_finished(tmp_pat
     assert len(keys) == len(set(keys)) and sum("/aira_basic/" in key for key in keys) == 3
 
 
+def test_quality_study_runs_a_finished_sweeps_seeds_before_the_sweeps_still_waiting(tmp_path, monkeypatch):
+    """With one slot the order is exact: a sweep's seeds jump the queue, so a deadline cuts later sweeps, not them."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import quality_study
+
+    trained = []
+
+    def train_once(key, config, gpu, workdir):
+        trained.append(key)
+        return {"key": key, "returncode": 0, "eval_loss": 1.0 - config["learning_rate"]}
+
+    monkeypatch.setattr(quality_study, "train_once", train_once)
+    monkeypatch.setattr("sys.argv", ["quality_study.py", "--model", "m", "--results", str(tmp_path / "r.jsonl"),
+                                     "--workdir", str(tmp_path / "work"), "--domains", "gsm8k,fineval", "--methods",
+                                     "lora", "--lrs", "1e-3,2e-3", "--then-seeds", "1", "--per-gpu", "1"])
+    quality_study.main()
+    assert trained == ["gsm8k/lora/lr0.001/seed0", "gsm8k/lora/lr0.002/seed0", "gsm8k/lora/lr0.002/seed1",
+                       "fineval/lora/lr0.001/seed0", "fineval/lora/lr0.002/seed0", "fineval/lora/lr0.002/seed1"]
+
+
 def test_quality_study_refuses_bad_input_before_training(tmp_path, monkeypatch):
     """A typo or an unscorable task stops the study at once, not after hours of training."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
