@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # A recipe really distributed over 2 GPUs (device machine nvidia-h200-x2), launched by its own script:
-# scripts/aira_moe/math.sh (full mode, GSM8K) on a Llama-3.2-3B-shaped model with random weights
+# scripts/aira_moe/finance.sh (full mode, FinEval-en; the domain recipes with large data run the basic level) on a Llama-3.2-3B-shaped model with random weights
 # (SmolLM2's 49152-token tokenizer, hence the chatml template), first with torchrun (DDP), then with
 # DeepSpeed ZeRO-2, MAX_STEPS optimizer steps each at the recipe's batch (4 x 4 accumulation per GPU).
 # Writes $OUT/recipe_multi_gpu.json: throughput, peak memory per GPU (nvidia-smi), allocation, losses.
-# Needs .whl/ (wheel set incl. deepspeed), .gpu_assets/llama32_3b_shape and data/gsm8k_train.json.
+# Needs .whl/ (wheel set incl. deepspeed), .gpu_assets/llama32_3b_shape and data/fineval_en_train.json.
 set -euo pipefail
 # shellcheck source=benchmarks/gpu_setup.sh
 source benchmarks/gpu_setup.sh
@@ -16,7 +16,7 @@ for launcher in torchrun deepspeed; do
     GPUS=2 LAUNCHER="${launcher}" MODEL="$PWD/.gpu_assets/llama32_3b_shape" TEMPLATE=chatml \
         OUTPUT_DIR="/tmp/recipe_${launcher}" DATASET_DIR="$PWD/data" \
         EXTRA_ARGS="train_from_scratch=true max_steps=${MAX_STEPS} save_steps=${MAX_STEPS} logging_steps=5" \
-        bash scripts/aira_moe/math.sh > "/tmp/recipe_${launcher}.log" 2>&1 || echo "${launcher} failed"
+        bash scripts/aira_moe/finance.sh > "/tmp/recipe_${launcher}.log" 2>&1 || echo "${launcher} failed"
     echo "${launcher} $((SECONDS - start))" >> /tmp/recipe_wall.txt
     kill "${logger_pid}"
 done
@@ -27,7 +27,7 @@ from pathlib import Path
 out, steps = Path(sys.argv[1]), int(sys.argv[2])
 walls = dict(line.split() for line in Path("/tmp/recipe_wall.txt").read_text().splitlines())
 gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.split("\n")[0]
-summary = {"recipe": "math", "model": "Llama-3.2-3B shape, random weights, vocab 49152", "gpu": gpu, "max_steps": steps,
+summary = {"recipe": "finance", "model": "Llama-3.2-3B shape, random weights, vocab 49152", "gpu": gpu, "max_steps": steps,
            "command": "MAX_STEPS=%d bash benchmarks/recipe_multi_gpu.sh" % steps}
 for launcher in ("torchrun", "deepspeed"):
     folder = Path(f"/tmp/recipe_{launcher}")
