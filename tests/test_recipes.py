@@ -22,7 +22,7 @@ BASIC = dict(num_A=2, num_B=3, collaboration="fully", use_activation_aware=False
 # large data run the basic level (the second quality round: AwSVD and activation weights cost there).
 DOCUMENTED = {
     "generality_basic": dict(dataset="dolly_15k", **BASIC),
-    "generality_standard": dict(num_A=2, num_B=3, collaboration="fully", use_activation_aware=True, use_layer_wise_rank=False, use_awsvd_init=False),
+    "generality_standard": dict(BASIC, use_activation_aware=True),
     "generality_full": dict(num_A=2, num_B=3, **FULL),
     "finance": dict(dataset="fineval_en_train", activation_aware_mode="outps", **FULL),
     "math": dict(dataset="gsm8k_train", **BASIC),
