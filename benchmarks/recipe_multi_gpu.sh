@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A recipe really distributed over 2 GPUs (device machine nvidia-h200-x2), launched by its own script:
-# scripts/aira_moe/finance.sh (full mode, FinEval-en; the domain recipes with large data run the basic level) on a Llama-3.2-3B-shaped model with random weights
+# scripts/aira_moe/generality_full.sh (full mode; the domain recipes run the basic level) on FinEval-en, on a
+# Llama-3.2-3B-shaped model with random weights
 # (SmolLM2's 49152-token tokenizer, hence the chatml template), first with torchrun (DDP), then with
 # DeepSpeed ZeRO-2, MAX_STEPS optimizer steps each at the recipe's batch (4 x 4 accumulation per GPU).
 # Writes $OUT/recipe_multi_gpu.json: throughput, peak memory per GPU (nvidia-smi), allocation, losses.
@@ -14,9 +15,9 @@ for launcher in torchrun deepspeed; do
     logger_pid=$(gpu_memory_logger "/tmp/mem_${launcher}.csv")
     start=$SECONDS
     GPUS=2 LAUNCHER="${launcher}" MODEL="$PWD/.gpu_assets/llama32_3b_shape" TEMPLATE=chatml \
-        OUTPUT_DIR="/tmp/recipe_${launcher}" DATASET_DIR="$PWD/data" \
+        OUTPUT_DIR="/tmp/recipe_${launcher}" DATASET_DIR="$PWD/data" DATASET=fineval_en_train \
         EXTRA_ARGS="train_from_scratch=true max_steps=${MAX_STEPS} save_steps=${MAX_STEPS} logging_steps=5" \
-        bash scripts/aira_moe/finance.sh > "/tmp/recipe_${launcher}.log" 2>&1 || echo "${launcher} failed"
+        bash scripts/aira_moe/generality_full.sh > "/tmp/recipe_${launcher}.log" 2>&1 || echo "${launcher} failed"
     echo "${launcher} $((SECONDS - start))" >> /tmp/recipe_wall.txt
     kill "${logger_pid}"
 done
@@ -27,7 +28,7 @@ from pathlib import Path
 out, steps = Path(sys.argv[1]), int(sys.argv[2])
 walls = dict(line.split() for line in Path("/tmp/recipe_wall.txt").read_text().splitlines())
 gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.split("\n")[0]
-summary = {"recipe": "finance", "model": "Llama-3.2-3B shape, random weights, vocab 49152", "gpu": gpu, "max_steps": steps,
+summary = {"recipe": "generality_full on fineval_en_train", "model": "Llama-3.2-3B shape, random weights, vocab 49152", "gpu": gpu, "max_steps": steps,
            "command": "MAX_STEPS=%d bash benchmarks/recipe_multi_gpu.sh" % steps}
 for launcher in ("torchrun", "deepspeed"):
     folder = Path(f"/tmp/recipe_{launcher}")

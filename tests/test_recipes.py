@@ -18,13 +18,14 @@ RECIPES = sorted(p.stem for p in SCRIPTS.glob("*.sh") if p.stem != "launch")
 # full mode trains `learned` (the second quality round: it beat `fully` once AwSVD gave each pairing its own slice)
 FULL = dict(use_activation_aware=True, use_layer_wise_rank=True, use_awsvd_init=True, collaboration="learned")
 BASIC = dict(num_A=2, num_B=3, collaboration="fully", use_activation_aware=False, use_layer_wise_rank=False, use_awsvd_init=False)
-# The settings the recipes' README documents (issue "Recipes"); the YAMLs must carry them. The domains with
-# large data run the basic level (the second quality round: AwSVD and activation weights cost there).
+# The settings the recipes' README documents (issue "Recipes"); the YAMLs must carry them. Every domain recipe
+# runs the basic level (the second quality round: AwSVD and activation weights cost where data are large, and
+# full mode was no better than basic on FinEval-en over two models).
 DOCUMENTED = {
     "generality_basic": dict(dataset="dolly_15k", **BASIC),
     "generality_standard": dict(BASIC, use_activation_aware=True),
     "generality_full": dict(num_A=2, num_B=3, **FULL),
-    "finance": dict(dataset="fineval_en_train", activation_aware_mode="outps", **FULL),
+    "finance": dict(dataset="fineval_en_train", **BASIC),
     "math": dict(dataset="gsm8k_train", **BASIC),
     "medicine": dict(dataset="icliniq,genmedgpt_train", **BASIC),
     "law": dict(dataset="lawbench_train", **BASIC),
@@ -261,7 +262,7 @@ def check_trained(output: Path, log: str, evaluated: bool = True) -> None:
 @pytest.mark.parametrize("recipe", ["multi-tasking"])
 def test_recipe_trains_and_evaluates_for_real(recipe, tmp_path, tiny_model_dir, prepared_data):
     """The mixture of every domain (basic level), one process, evaluated on all tasks (full mode through a recipe
-    on two processes: the finance test below)."""
+    on two processes: the generality_full test below)."""
     output = tmp_path / "out"
     env = tiny_run_env(recipe, tiny_model_dir, prepared_data, output)
     result = subprocess.run([str(uncommented(recipe, tmp_path))], env=script_env(**env), capture_output=True, text=True, timeout=900)
@@ -270,12 +271,12 @@ def test_recipe_trains_and_evaluates_for_real(recipe, tmp_path, tiny_model_dir, 
 
 
 @pytest.mark.slow
-def test_finance_on_two_nodes_of_one_process_on_localhost(tmp_path, tiny_model_dir, prepared_data):
+def test_generality_full_on_two_nodes_of_one_process_on_localhost(tmp_path, tiny_model_dir, prepared_data):
     """NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT pass through to LLaMA-Factory's torchrun launch (gloo on CPU),
     full mode's calibration included; node 0 alone runs the evaluation block."""
     output = tmp_path / "out"
-    script = uncommented("finance", tmp_path)
-    env = tiny_run_env("finance", tiny_model_dir, prepared_data, output)
+    script = uncommented("generality_full", tmp_path)
+    env = tiny_run_env("generality_full", tiny_model_dir, prepared_data, output)
     common = dict(env, NNODES="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     nodes = [
         subprocess.Popen(
@@ -290,4 +291,4 @@ def test_finance_on_two_nodes_of_one_process_on_localhost(tmp_path, tiny_model_d
     assert "world size: 2" in logs[0].lower() or "distributed training: true" in logs[0].lower()
     assert all(log.count("Fine-tuning method: AIRA-MoE") == 1 for log in logs), "each node's local rank 0 logs it once"
     check_trained(output, logs[0])
-    assert "fineval: " in logs[0] and "fineval: " not in logs[1], "only node 0 evaluates"
+    assert "mmlu: " in logs[0] and "mmlu: " not in logs[1], "only node 0 evaluates"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# AIRA-MoE recipe: finance (FinEval-en), full mode, weighting from output activations.
+# AIRA-MoE recipe: finance (FinEval-en), basic mode.
 # Settings: examples/aira_moe/finance.yaml. Overrides and hardware: scripts/aira_moe/README.md.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=launch.sh

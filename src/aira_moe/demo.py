@@ -29,7 +29,7 @@ LETTERS = ("a", "b", "c", "d")
 
 
 def train_config(model_dir: Path, data_dir: Path, output_dir: Path, epochs: float, calibration_batches: int) -> dict:
-    """The demo's LLaMA-Factory config: aira_moe full mode as the finance recipe runs it (2 A x 3 B with `learned`
+    """The demo's LLaMA-Factory config: aira_moe full mode as the generality_full recipe runs it (2 A x 3 B with `learned`
     collaboration, activation-aware weighting, layer-wise ranks averaging 8 over the 30 blocks, AwSVD) on every
     linear layer."""
     return {
