@@ -29,7 +29,7 @@ DOCUMENTED = {
     "math": dict(dataset="gsm8k_train", **BASIC),
     "medicine": dict(dataset="icliniq,genmedgpt_train", **BASIC),
     "law": dict(dataset="lawbench_train", **BASIC),
-    "multi-tasking": dict(**BASIC),
+    "multi-tasking": BASIC,
 }
 RANGES = dict(num_A=(2, 4), num_B=(3, 4), rank_budget=(128, 256), min_rank=(2, 4), max_rank=(32, 64), lod_threshold_M=(1.8, 2.5), awsvd_collect_steps=(100, 200))
 HUB_ONLY = {"dolly_15k", "icliniq", "gsm8k_hub"}
